@@ -1,0 +1,1 @@
+"""prunelib: sensitivity-aware one-shot pruning of Whisper, measured honestly."""
