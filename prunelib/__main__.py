@@ -1,0 +1,88 @@
+"""Command line: `python -m prunelib eval|notebooks ...`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from prunelib.audio import AudioError
+from prunelib.corpora import CorpusError
+
+
+def _eval(args: argparse.Namespace) -> dict:
+    """Evaluate one model on one corpus; the result is printed as the last line."""
+    from prunelib.corpora import load_corpus
+    from prunelib.evaluate import evaluate
+    from prunelib.models import load_model
+    from prunelib.transcribe import Decoding
+
+    decoding = Decoding(language=args.language, batch_size=args.batch_size, num_beams=args.num_beams,
+                        long_form=not args.truncate)
+    corpus = load_corpus(args.dataset, data_root=args.data_root, limit=args.limit)
+    loaded = load_model(args.model, device=args.device)
+    started = time.perf_counter()
+    evaluation = evaluate(loaded, corpus, decoding, prune=args.prune, cache_dir=args.cache_dir)
+    summary = dict(evaluation.summary)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
+    summary["results_file"] = str(evaluation.path)
+    n_failed = summary.get("n_failed", 0)
+    if n_failed:
+        failed = [r["id"] for r in evaluation.records if r.get("error")]
+        logging.warning("%d utterance(s) could not be read and were skipped: %s", n_failed, ", ".join(failed))
+    return summary
+
+
+def _notebooks(args: argparse.Namespace) -> dict:
+    """Run the numbered notebooks with a profile's parameters."""
+    from prunelib.notebooks import run_notebooks
+
+    executed = run_notebooks(args.profile, only=args.only, kernel=args.kernel)
+    return {"profile": args.profile, "executed": [str(path) for path in executed]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="python -m prunelib", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="transcribe and score one model on one corpus")
+    ev.add_argument("--model", required=True, help="hub id (openai/whisper-base) or local folder")
+    ev.add_argument("--dataset", required=True, help="NAME:SPLIT, e.g. librispeech:test-other")
+    ev.add_argument("--prune", default="", help='prune spec, e.g. "decoder.self_attn=0.5" (default: dense)')
+    ev.add_argument("--limit", type=int, default=None, help="first N utterances only")
+    ev.add_argument("--language", default="en", help="'en' (standard: English forced) or 'auto' (the paper's)")
+    ev.add_argument("--data-root", default=None, help="folder holding corpora (default: $PRUNELIB_DATA)")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--num-beams", type=int, default=1, help="1 = greedy, as the paper")
+    ev.add_argument("--truncate", action="store_true", help="cut audio at 30 s as the paper's code did")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--cache-dir", default=None, help="per-utterance results cache (default: results/cache)")
+    ev.set_defaults(run=_eval)
+
+    nb = sub.add_parser("notebooks", help="run the numbered notebooks with papermill")
+    nb.add_argument("--profile", default="smoke", help="smoke | default | paper (params/<profile>.yaml)")
+    nb.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run, e.g. 01 02")
+    nb.add_argument("--kernel", default=None, help="Jupyter kernel name (default: this Python)")
+    nb.set_defaults(run=_notebooks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the subcommand, print its JSON result as the last line."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        result = args.run(args)
+    except (CorpusError, AudioError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

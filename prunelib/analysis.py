@@ -1,0 +1,45 @@
+"""Compare systems utterance by utterance: where they differ, and why."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from prunelib.scoring import utterance_counts
+
+
+def utterance_wer(records: Sequence[Mapping]) -> pd.DataFrame:
+    """Per-utterance errors, reference words and WER (percent), indexed by id."""
+    counts = utterance_counts(records).set_index("id")
+    counts["errors"] = counts[["substitutions", "insertions", "deletions"]].sum(axis=1)
+    counts["wer"] = 100.0 * counts["errors"] / counts["ref_words"]
+    return counts
+
+
+def largest_differences(
+    records_a: Sequence[Mapping], records_b: Sequence[Mapping], names: tuple[str, str] = ("a", "b"), top: int = 5
+) -> pd.DataFrame:
+    """The utterances whose error counts differ most between two systems, with both transcripts."""
+    a, b = utterance_wer(records_a), utterance_wer(records_b)
+    shared = a.index.intersection(b.index)
+    by_id_a = {r["id"]: r for r in records_a}
+    by_id_b = {r["id"]: r for r in records_b}
+    rows = []
+    for utt_id in shared:
+        rows.append(
+            {
+                "id": utt_id,
+                "extra_errors": int(b.at[utt_id, "errors"] - a.at[utt_id, "errors"]),
+                f"wer_{names[0]}": round(a.at[utt_id, "wer"], 1),
+                f"wer_{names[1]}": round(b.at[utt_id, "wer"], 1),
+                f"language_{names[1]}": by_id_b[utt_id].get("language"),
+                "reference": by_id_a[utt_id]["reference"],
+                f"hyp_{names[0]}": by_id_a[utt_id]["hypothesis"],
+                f"hyp_{names[1]}": by_id_b[utt_id]["hypothesis"],
+            }
+        )
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    frame = frame.reindex(frame["extra_errors"].abs().sort_values(ascending=False, kind="stable").index)
+    return frame.head(top).reset_index(drop=True)

@@ -1,0 +1,126 @@
+"""Evaluate a (possibly pruned) model on a corpus, with a resumable per-utterance cache."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import prunelib
+from prunelib import results, scoring
+from prunelib.corpora import Corpus
+from prunelib.models import LoadedModel
+from prunelib.pruning import parse_prune_spec, pruned
+from prunelib.transcribe import Decoding, transcribe
+
+log = logging.getLogger(__name__)
+
+RESULTS_ENV = "PRUNELIB_RESULTS"
+
+
+def project_root() -> Path:
+    """The repository root when prunelib runs from a checkout, else the working directory."""
+    checkout = Path(prunelib.__file__).resolve().parents[1]
+    return checkout if (checkout / "pyproject.toml").exists() else Path.cwd()
+
+
+def results_root() -> Path:
+    """Where results go: $PRUNELIB_RESULTS, else <repo>/results."""
+    return Path(os.environ.get(RESULTS_ENV, project_root() / "results"))
+
+
+@dataclass
+class Evaluation:
+    """Per-utterance records, their score, and how they were obtained."""
+
+    records: list[dict]
+    summary: dict
+    path: Path  # the per-utterance JSONL file
+    from_cache: bool = False
+    report: object | None = field(default=None, repr=False)  # the SparsityReport of the prune
+
+
+def evaluation_key(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, prune: str, importance: str) -> str:
+    """The cache key: everything that changes the transcripts, and nothing else."""
+    decoding_key = decoding.key()
+    if not loaded.is_multilingual:
+        # English-only checkpoints have no language tokens: every pipeline decodes the same.
+        decoding_key["language"] = "english-only"
+    return results.cache_key(
+        model=loaded.name,
+        weights=loaded.fingerprint,
+        corpus=corpus.name,
+        utterances=results.cache_key(ids=[u.id for u in corpus.utterances]),
+        decoding=decoding_key,
+        prune=prune,
+        importance=importance,
+    )
+
+
+def evaluate(
+    loaded: LoadedModel,
+    corpus: Corpus,
+    decoding: Decoding = Decoding(),
+    prune: str = "",
+    importance: dict | None = None,
+    importance_name: str = "magnitude",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    n_boot: int = 1000,
+) -> Evaluation:
+    """Transcribe and score `corpus` with `prune` applied temporarily (weights restored after).
+
+    Per-utterance records are cached under `cache_dir` (default <results>/cache) by model,
+    weights, corpus, decoding and prune spec: a repeat call reads them instead of decoding,
+    and an interrupted run resumes where it stopped.
+    """
+    spec = parse_prune_spec(prune)
+    if importance is not None and importance_name == "magnitude":
+        raise ValueError("name the importance scores (importance_name) so cached results stay distinct")
+    key = evaluation_key(loaded, corpus, decoding, str(spec), importance_name if importance is not None else "magnitude")
+    cache_dir = Path(cache_dir) if cache_dir is not None else results_root() / "cache"
+    final = cache_dir / f"{key}.jsonl"
+    partial = cache_dir / f"{key}.partial.jsonl"
+
+    with pruned(loaded.model, spec, importance=importance) as report:
+        if final.exists():
+            records, from_cache = results.read_jsonl(final), True
+            log.info("read %d cached results from %s", len(records), final)
+        else:
+            done = {}
+            if partial.exists():
+                # A crash mid-append leaves a cut last line: drop it, and rewrite the file so
+                # that new appends do not glue onto the fragment.
+                kept = results.read_jsonl(partial, drop_truncated_last_line=True)
+                results.write_jsonl_atomic(partial, kept)
+                done = {r["id"]: r for r in kept}
+            if done:
+                log.info("resuming: %d of %d utterances already in %s", len(done), len(corpus), partial)
+            todo = [u for u in corpus.utterances if u.id not in done]
+
+            def save(batch_records: list[dict]) -> None:
+                for record in batch_records:
+                    results.append_jsonl(partial, record)
+
+            new = transcribe(loaded, todo, decoding, progress=progress, on_batch=save) if todo else []
+            by_id = {**done, **{r["id"]: r for r in new}}
+            records = [by_id[u.id] for u in corpus.utterances]
+            results.write_jsonl_atomic(final, records)
+            partial.unlink(missing_ok=True)
+            from_cache = False
+
+    summary = {
+        "model": loaded.name,
+        "dataset": corpus.name,
+        "language": decoding.language,
+        "prune": str(spec),
+        "importance": importance_name if importance is not None else "magnitude",
+        **scoring.score(records, n_boot=n_boot),
+        "sparsity": round(100 * report.overall_weights, 3),
+        "sparsity_linear": round(100 * report.overall_linear, 3),
+        "n_long_form": sum(bool(r.get("long_form")) for r in records),
+        "n_truncated": sum(bool(r.get("truncated")) for r in records),
+        "n_empty_reference": corpus.n_empty_reference,
+        "from_cache": from_cache,
+    }
+    return Evaluation(records=records, summary=summary, path=final, from_cache=from_cache, report=report)

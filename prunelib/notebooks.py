@@ -1,0 +1,152 @@
+"""Run the numbered notebooks with a profile's parameters, and check those parameters."""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from prunelib.corpora import DATA_ENV, parse_corpus_name
+from prunelib.evaluate import project_root
+
+log = logging.getLogger(__name__)
+
+
+def load_profile(profile: str) -> dict:
+    """Read params/<profile>.yaml: `shared` parameters plus per-notebook `notebooks` overrides."""
+    path = project_root() / "params" / f"{profile}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (project_root() / "params").glob("*.yaml"))
+        raise ValueError(f"unknown profile {profile!r}: no {path} (known: {', '.join(known)})")
+    profile_data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(profile_data) - {"description", "shared", "notebooks", "requires"}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    return profile_data
+
+
+def notebook_paths(only: list[str] | None = None) -> list[Path]:
+    """The numbered notebooks in order, optionally only those whose names start with `only`."""
+    paths = sorted((project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        paths = [p for p in paths if any(p.name.startswith(prefix) for prefix in only)]
+        if not paths:
+            raise ValueError(f"no notebook matches {only}")
+    return paths
+
+
+def parameters_for(notebook: Path, profile: str, profile_data: dict) -> dict:
+    """The profile's parameters that this notebook declares in its `parameters` cell."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    wanted = {**(profile_data.get("shared") or {}), **((profile_data.get("notebooks") or {}).get(notebook.stem) or {})}
+    wanted["profile"] = profile
+    return {name: value for name, value in wanted.items() if name in declared}
+
+
+def run_notebooks(profile: str, only: list[str] | None = None, kernel: str | None = None) -> list[Path]:
+    """Execute the numbered notebooks in order into executed/<profile>/ with papermill."""
+    import papermill
+
+    profile_data = load_profile(profile)
+    check_requirements(profile, profile_data.get("requires") or {})
+    out_dir = project_root() / "executed" / profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = []
+    for notebook in notebook_paths(only):
+        parameters = parameters_for(notebook, profile, profile_data)
+        output = out_dir / notebook.name
+        log.info("running %s with %s", notebook.name, parameters)
+        papermill.execute_notebook(
+            str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
+            kernel_name=kernel or "python3", progress_bar=True, log_output=False,
+        )
+        executed.append(output)
+    return executed
+
+
+def check_requirements(profile: str, requires: dict) -> None:
+    """Fail at once, naming what is missing, when a profile needs a GPU or the hub."""
+    from prunelib.hub import hub_reachable
+
+    missing = []
+    if requires.get("gpu") and not torch.cuda.is_available():
+        missing.append("a CUDA GPU (torch.cuda.is_available() is False)")
+    if requires.get("hub") and not hub_reachable():
+        downloads = ", ".join(requires.get("downloads", []))
+        missing.append(f"the Hugging Face hub, to download: {downloads}")
+    if missing:
+        raise RuntimeError(f"profile {profile!r} needs " + " and ".join(missing))
+
+
+def resolve_data_root(data_root: str | None) -> Path | None:
+    """$PRUNELIB_DATA when set, else `data_root` (relative to the repository), else None."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    if data_root is None:
+        return None
+    path = Path(data_root)
+    return path if path.is_absolute() else (project_root() / path).resolve()
+
+
+def output_dirs(profile: str, figures_dir: str | None = None) -> tuple[Path, Path]:
+    """(figures, summary tables) folders of a profile; created if missing.
+
+    Figures of the smoke profile go under results/smoke/figures so that test runs never
+    overwrite the committed figures/ of the default run.
+    """
+    root = project_root()
+    figures = root / figures_dir if figures_dir else root / "results" / profile / "figures"
+    summary = root / "results" / profile / "summary"
+    figures.mkdir(parents=True, exist_ok=True)
+    summary.mkdir(parents=True, exist_ok=True)
+    return figures, summary
+
+
+_TYPES = {
+    "model": str, "dataset": str, "profile": str, "data_root": (str, type(None)),
+    "limit": (int, type(None)), "languages": list, "batch_size": int, "n_boot": int, "seed": int,
+    "figures_dir": (str, type(None)),
+}
+
+
+def check_parameters(**parameters) -> None:
+    """Validate notebook parameters (papermill injects whatever it is given, typed or not)."""
+    for name, value in parameters.items():
+        expected = _TYPES.get(name)
+        if expected is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise TypeError(f"parameter {name}={value!r} should be {expected}")
+    if "dataset" in parameters:
+        parse_corpus_name(parameters["dataset"])
+    for language in parameters.get("languages", []):
+        if language != "auto" and not (isinstance(language, str) and language.isalpha()):
+            raise ValueError(f"languages must be 'auto' or codes like 'en', got {language!r}")
+    if parameters.get("limit") is not None and parameters["limit"] < 1:
+        raise ValueError(f"limit must be positive or None, got {parameters['limit']}")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch once, after the parameters cell."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages whose behaviour changes results."""
+    from importlib.metadata import version
+
+    packages = ["torch", "transformers", "datasets", "jiwer", "whisper-normalizer", "prunelib"]
+    found = {"python": platform.python_version(), "machine": platform.machine(), "threads": str(torch.get_num_threads())}
+    for package in packages:
+        try:
+            found[package] = version(package)
+        except Exception:  # not installed as a distribution (e.g. run from a bare checkout)
+            found[package] = "not installed"
+    return found
