@@ -80,15 +80,20 @@ def load_model(name: str, device: str = "cpu") -> LoadedModel:
     if path.is_dir():
         model, processor = _from_folder(path)
         source = f"local folder {path}"
+    elif name.startswith(("/", ".", "~")) or path.exists():
+        raise ModelNotFoundError(f"cannot load model {name!r}: no such local folder")
     elif hub_reachable():
-        model, processor = _from_folder(name)
+        try:
+            model, processor = _from_folder(name)
+        except OSError as err:
+            raise ModelNotFoundError(f"cannot load model {name!r} from the hub: {err}") from err
         source = "hub"
     else:
         model = processor = None
         try:
             model, processor = _from_folder(name, local_files_only=True)
             source = "hub cache"
-        except OSError:
+        except (OSError, ValueError):  # not cached, or not a valid hub id
             folder = offline_model_dir(name)
             if folder is not None:
                 model, processor = _from_folder(folder)

@@ -1,0 +1,139 @@
+"""Transcription, the resumable evaluation cache, and the command line, on real speech."""
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from prunelib.corpora import Corpus, Utterance, load_corpus
+from prunelib.evaluate import evaluate
+from prunelib.models import ModelNotFoundError, load_model
+from prunelib.results import append_jsonl, read_jsonl
+from prunelib.scoring import normalize_text
+from prunelib.transcribe import Decoding, transcribe
+
+pytestmark = pytest.mark.slow
+# `prunelib.evaluate` the attribute is the function; the module is fetched by name.
+evaluate_module = importlib.import_module("prunelib.evaluate")
+
+
+@pytest.fixture(scope="module")
+def tiny_en():
+    """The real whisper-tiny.en (offline copy or hub)."""
+    try:
+        return load_model("openai/whisper-tiny.en")
+    except ModelNotFoundError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture
+def librivox(shared_data):
+    return load_corpus("librivox-mini:test", data_root=shared_data)
+
+
+def test_transcribes_real_speech(tiny_en, librivox):
+    records = transcribe(tiny_en, librivox.utterances[:2], Decoding(batch_size=2), progress=False)
+    assert [r["id"] for r in records] == [u.id for u in librivox.utterances[:2]]
+    for record in records:
+        ref = set(normalize_text(record["reference"]).split())
+        hyp = set(normalize_text(record["hypothesis"]).split())
+        assert len(ref & hyp) >= 0.7 * len(ref), record
+        assert record["seconds"] > 1 and record["decode_seconds"] > 0
+
+
+def test_long_form_keeps_the_tail_that_truncation_drops(tiny_en, librivox):
+    clips = [u.load_audio() for u in librivox.utterances]
+    pause = np.zeros(8_000, dtype=np.float32)
+    # Five sentences twice over: about 50 s, so the last sentence lies past the 30 s window.
+    audio = np.concatenate([part for clip in clips + clips for part in (clip, pause)])
+    assert audio.size / 16_000 > 35
+    last = librivox.utterances[-1].reference
+    long_utt = Utterance(id="long", reference=last, audio_array=audio)
+    full = transcribe(tiny_en, [long_utt], Decoding(long_form=True), progress=False)[0]
+    cut = transcribe(tiny_en, [long_utt], Decoding(long_form=False), progress=False)[0]
+    tail = normalize_text(last).split()[-4:]
+    assert full["long_form"] and not full["truncated"]
+    assert cut["truncated"] and not cut["long_form"]
+    assert " ".join(tail) in normalize_text(full["hypothesis"])
+    assert len(normalize_text(full["hypothesis"]).split()) > 1.4 * len(normalize_text(cut["hypothesis"]).split())
+
+
+def test_cache_is_reused_and_resumes(tiny_en, librivox, tmp_path, monkeypatch):
+    corpus = Corpus(name=librivox.name, utterances=librivox.utterances[:3], source=librivox.source)
+    calls = []
+    real_transcribe = evaluate_module.transcribe
+
+    def counting(loaded, utterances, *args, **kwargs):
+        calls.append([u.id for u in utterances])
+        return real_transcribe(loaded, utterances, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "transcribe", counting)
+    decoding = Decoding(batch_size=3)
+    key = evaluate_module.evaluation_key(tiny_en, corpus, decoding, "dense", "magnitude")
+    # A previous run that stopped after the first utterance, mid-way through writing the second.
+    partial = tmp_path / f"{key}.partial.jsonl"
+    first = corpus.utterances[0]
+    append_jsonl(partial, {"id": first.id, "reference": first.reference, "hypothesis": "sentinel words",
+                           "speaker": None, "seconds": 1.0, "decode_seconds": 1.0})
+    with partial.open("a") as handle:
+        handle.write('{"id": "cut-off')
+
+    resumed = evaluate(tiny_en, corpus, decoding, cache_dir=tmp_path, progress=False, n_boot=50)
+    assert calls == [[u.id for u in corpus.utterances[1:]]]
+    assert resumed.records[0]["hypothesis"] == "sentinel words"
+    assert not partial.exists() and resumed.path.exists()
+
+    again = evaluate(tiny_en, corpus, decoding, cache_dir=tmp_path, progress=False, n_boot=50)
+    assert len(calls) == 1 and again.from_cache
+    assert again.summary["wer"] == resumed.summary["wer"]
+    assert read_jsonl(again.path) == resumed.records
+
+
+def test_corrupt_audio_is_skipped_and_counted(tiny_en, shared_data, tmp_path):
+    copy = tmp_path / "librivox-mini" / "test"
+    shutil.copytree(shared_data / "librivox-mini" / "test", copy)
+    victim = sorted(copy.glob("*.flac"))[0]
+    victim.write_bytes(b"not audio at all")
+    corpus = load_corpus("librivox-mini:test", data_root=tmp_path)
+    result = evaluate(tiny_en, corpus, Decoding(), cache_dir=tmp_path / "cache", progress=False, n_boot=50)
+    assert result.summary["n_failed"] == 1
+    assert result.summary["n"] == len(corpus) - 1
+    failed = [r for r in result.records if r.get("error")]
+    assert failed[0]["id"] == victim.stem and victim.name in failed[0]["error"]
+
+
+def _cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m prunelib` and capture its output."""
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "prunelib", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_cli_eval_prints_json_last(shared_data, tmp_path, tiny_en):
+    done = _cli("eval", "--model", "openai/whisper-tiny.en", "--dataset", "fsdd:test", "--data-root", str(shared_data),
+                "--limit", "4", "--prune", "decoder.self_attn=0.5", "--cache-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in ("model", "dataset", "n", "wer", "wer_ci95", "cer", "substitutions", "insertions", "deletions",
+                "sparsity", "seconds", "rtfx"):
+        assert key in result
+    assert result["n"] == 4 and result["prune"] == "decoder.self_attn=0.5"
+    assert 0 < result["sparsity"] < 50 and 0 < result["sparsity_linear"] < 50
+    assert "transcribe" in done.stderr  # the progress bar
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "openai/whisper-tiny.en", "--dataset", "nosuch:test"], "unknown corpus"),
+    (["--model", "/no/such/model", "--dataset", "fsdd:test"], "cannot load model"),
+    (["--model", "openai/whisper-tiny.en", "--dataset", "fsdd:test", "--prune", "decoder.self_attn=1.5"], "sparsity"),
+])
+def test_cli_bad_input_exits_nonzero(shared_data, args, message):
+    done = _cli("eval", *args, "--data-root", str(shared_data), env_extra={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2
+    assert message in done.stderr
