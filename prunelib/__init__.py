@@ -2,12 +2,12 @@
 
 Notebooks use `import prunelib as pl`; the names below are the public interface.
 """
-from prunelib import plots
+from prunelib import plots, sweep
 from prunelib.analysis import largest_differences, utterance_wer
 from prunelib.audio import AudioError, read_audio
 from prunelib.corpora import Corpus, CorpusError, Utterance, load_corpus
 from prunelib.evaluate import Evaluation, evaluate, project_root, results_root
-from prunelib.models import LoadedModel, ModelNotFoundError, load_model
+from prunelib.models import LoadedModel, ModelNotFoundError, load_model, weights_fingerprint
 from prunelib.notebooks import check_parameters, output_dirs, resolve_data_root, set_seed, versions
 from prunelib.pruning import parse_prune_spec, prune_permanently, pruned, sparsity_report
 from prunelib.results import read_jsonl, write_csv_atomic, write_jsonl_atomic
@@ -21,5 +21,5 @@ __all__ = [
     "Utterance", "check_parameters", "evaluate", "largest_differences", "load_corpus", "load_model",
     "normalize_text", "output_dirs", "plots", "paired_difference", "parse_prune_spec", "project_root", "prune_permanently",
     "pruned", "read_audio", "read_jsonl", "resolve_data_root", "results_root", "score", "set_seed",
-    "sparsity_report", "transcribe", "utterance_wer", "versions", "write_csv_atomic", "write_jsonl_atomic",
+    "sparsity_report", "sweep", "transcribe", "utterance_wer", "versions", "weights_fingerprint", "write_csv_atomic", "write_jsonl_atomic",
 ]

@@ -19,7 +19,8 @@ def _eval(args: argparse.Namespace) -> dict:
     from prunelib.transcribe import Decoding
 
     decoding = Decoding(language=args.language, batch_size=args.batch_size, num_beams=args.num_beams,
-                        long_form=not args.truncate)
+                        long_form=not args.truncate,
+                        max_tokens_per_second=args.max_tokens_per_second if args.max_tokens_per_second > 0 else None)
     corpus = load_corpus(args.dataset, data_root=args.data_root, limit=args.limit)
     loaded = load_model(args.model, device=args.device)
     started = time.perf_counter()
@@ -42,6 +43,30 @@ def _notebooks(args: argparse.Namespace) -> dict:
     return {"profile": args.profile, "executed": [str(path) for path in executed]}
 
 
+def _sensitivity(args: argparse.Namespace) -> dict:
+    """Score every component on N seeded calibration utterances and write them as CSV."""
+    from prunelib import sensitivity
+    from prunelib.corpora import load_corpus
+    from prunelib.models import load_model
+    from prunelib.results import write_csv_atomic
+
+    started = time.perf_counter()
+    corpus = load_corpus(args.dataset, data_root=args.data_root)
+    # Only the N drawn utterances are labelled, so pseudo labels never decode the whole corpus.
+    corpus = corpus.subset(sensitivity.seeded_order(corpus, args.seed)[: args.n])
+    loaded = load_model(args.model)
+    table, _ = sensitivity.calibrate(loaded, corpus, labels=args.labels, seed=args.seed, batch_size=args.batch_size)
+    methods = list(sensitivity.METHODS) if args.method == "all" else [args.method]
+    columns = ["component", "stack", "layer", "kind", "numel", *methods]
+    write_csv_atomic(args.out, table[columns])
+    linear = sensitivity.linear_components(table).sort_values(methods[0], ascending=False)
+    return {"model": args.model, "dataset": args.dataset, "n": int(table["size"].max()),
+            "skipped": table.attrs["skipped"], "labels": args.labels, "seed": args.seed, "method": args.method,
+            "mean_loss": round(float(table["mean_loss"].iloc[0]), 4), "components": len(table),
+            "most_sensitive": linear["component"].iloc[0], "least_sensitive": linear["component"].iloc[-1],
+            "out": args.out, "seconds": round(time.perf_counter() - started, 2)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m prunelib", description=__doc__)
@@ -58,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--num-beams", type=int, default=1, help="1 = greedy, as the paper")
     ev.add_argument("--truncate", action="store_true", help="cut audio at 30 s as the paper's code did")
+    ev.add_argument("--max-tokens-per-second", type=float, default=10.0,
+                    help="stop decoding a batch at this many tokens per audio second (0: no limit but 448)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--cache-dir", default=None, help="per-utterance results cache (default: results/cache)")
     ev.set_defaults(run=_eval)
@@ -67,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run, e.g. 01 02")
     nb.add_argument("--kernel", default=None, help="Jupyter kernel name (default: this Python)")
     nb.set_defaults(run=_notebooks)
+
+    se = sub.add_parser("sensitivity", help="gradient / Fisher / Taylor / OBD scores per component, as CSV")
+    se.add_argument("--model", required=True, help="hub id (openai/whisper-base) or local folder")
+    se.add_argument("--dataset", required=True, help="calibration corpus NAME:SPLIT")
+    se.add_argument("--n", type=int, default=32, help="calibration utterances, drawn by --seed")
+    se.add_argument("--method", default="all", choices=["gradient", "fisher", "taylor", "obd", "all"])
+    se.add_argument("--labels", default="reference", choices=["reference", "pseudo"],
+                    help="sentence-cased references, or the model's own greedy transcripts")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--data-root", default=None, help="folder holding corpora (default: $PRUNELIB_DATA)")
+    se.add_argument("--batch-size", type=int, default=16, help="decoding batch for pseudo labels")
+    se.add_argument("--out", required=True, help="CSV file of per-component scores")
+    se.set_defaults(run=_sensitivity)
     return parser
 
 

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from prunelib.audio import AudioError, read_audio, to_mono_16k
+from prunelib.hub import hub_endpoint, hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +329,10 @@ def _load_from_hub(name: str, data_root: str | Path | None) -> tuple[list[Uttera
     if spec.hub_id is None:
         raise CorpusError(f"cannot find {name}: {where_local}, and it has no hub copy")
     config, hub_split = spec.hub_config(split)
+    hub_name = f"{spec.hub_id}{'/' + config if config else ''} [{hub_split}]"
+    if not hub_reachable():
+        raise CorpusError(f"cannot find {name}: {where_local}; and the hub copy {hub_name} cannot be "
+                          f"downloaded ({hub_endpoint()} is unreachable or HF_HUB_OFFLINE is set)")
     try:
         import datasets
 
@@ -336,8 +341,8 @@ def _load_from_hub(name: str, data_root: str | Path | None) -> tuple[list[Uttera
         dataset = dataset.cast_column("audio", datasets.Audio(decode=False))
     except Exception as err:
         raise CorpusError(
-            f"cannot find {name}: {where_local}; and the hub copy {spec.hub_id}"
-            f"{'/' + config if config else ''} [{hub_split}] could not be loaded ({type(err).__name__}: {err})"
+            f"cannot find {name}: {where_local}; and the hub copy {hub_name} could not be loaded "
+            f"({type(err).__name__}: {err})"
         ) from err
     utterances = []
     for index, row in enumerate(dataset):

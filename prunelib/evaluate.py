@@ -8,9 +8,10 @@ from pathlib import Path
 
 import prunelib
 from prunelib import results, scoring
+from prunelib.components import find_stacks
 from prunelib.corpora import Corpus
 from prunelib.models import LoadedModel
-from prunelib.pruning import parse_prune_spec, pruned
+from prunelib.pruning import parse_prune_spec, pruned, resolve
 from prunelib.transcribe import Decoding, transcribe
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,12 @@ class Evaluation:
     report: object | None = field(default=None, repr=False)  # the SparsityReport of the prune
 
 
+def touches_encoder(loaded: LoadedModel, spec) -> bool:
+    """Whether the prune spec changes any encoder weight (then encoder outputs cannot be reused)."""
+    prefix = find_stacks(loaded.model)["encoder"]
+    return any(name.startswith(prefix) for _, names in resolve(spec, loaded.model) for name in names)
+
+
 def evaluation_key(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, prune: str, importance: str) -> str:
     """The cache key: everything that changes the transcripts, and nothing else."""
     decoding_key = decoding.key()
@@ -67,12 +74,14 @@ def evaluate(
     cache_dir: Path | None = None,
     progress: bool = True,
     n_boot: int = 1000,
+    reuse_encoder: bool = True,
 ) -> Evaluation:
     """Transcribe and score `corpus` with `prune` applied temporarily (weights restored after).
 
     Per-utterance records are cached under `cache_dir` (default <results>/cache) by model,
     weights, corpus, decoding and prune spec: a repeat call reads them instead of decoding,
-    and an interrupted run resumes where it stopped.
+    and an interrupted run resumes where it stopped. With `reuse_encoder`, a prune that leaves
+    the encoder dense reuses encoder outputs kept in memory from earlier calls.
     """
     spec = parse_prune_spec(prune)
     if importance is not None and importance_name == "magnitude":
@@ -102,7 +111,8 @@ def evaluate(
                 for record in batch_records:
                     results.append_jsonl(partial, record)
 
-            new = transcribe(loaded, todo, decoding, progress=progress, on_batch=save) if todo else []
+            encoder_cache = loaded.encoder_cache if reuse_encoder and not touches_encoder(loaded, spec) else None
+            new = transcribe(loaded, todo, decoding, progress=progress, on_batch=save, encoder_cache=encoder_cache) if todo else []
             by_id = {**done, **{r["id"]: r for r in new}}
             records = [by_id[u.id] for u in corpus.utterances]
             results.write_jsonl_atomic(final, records)
@@ -120,6 +130,7 @@ def evaluate(
         "sparsity_linear": round(100 * report.overall_linear, 3),
         "n_long_form": sum(bool(r.get("long_form")) for r in records),
         "n_truncated": sum(bool(r.get("truncated")) for r in records),
+        "n_hit_token_budget": sum(bool(r.get("hit_token_budget")) for r in records),
         "n_empty_reference": corpus.n_empty_reference,
         "from_cache": from_cache,
     }

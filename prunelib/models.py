@@ -4,13 +4,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from prunelib import ct2
+from prunelib.encoder_cache import EncoderCache
 from prunelib.hub import hub_endpoint, hub_reachable
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class LoadedModel:
     processor: WhisperProcessor
     source: str  # "local path ...", "hub", "hub cache", "offline package ..."
     fingerprint: str  # hash of the dense weights: cache keys change when the weights do
+    encoder_cache: EncoderCache = field(default_factory=EncoderCache, repr=False)  # dense encoder outputs
 
     @property
     def is_multilingual(self) -> bool:

@@ -113,6 +113,10 @@ _TYPES = {
     "model": str, "dataset": str, "profile": str, "data_root": (str, type(None)),
     "limit": (int, type(None)), "languages": list, "batch_size": int, "n_boot": int, "seed": int,
     "figures_dir": (str, type(None)),
+    "sparsities": list, "components": (list, type(None)), "headline": list,
+    # 02_sensitivity
+    "calibration_speakers": int, "calibration_sizes": list, "calibration_seeds": list, "label_choices": list,
+    "cross_domain_dataset": (str, type(None)), "cross_domain_limit": (int, type(None)), "stability_threshold": float,
 }
 
 
@@ -127,6 +131,9 @@ def check_parameters(**parameters) -> None:
     for language in parameters.get("languages", []):
         if language != "auto" and not (isinstance(language, str) and language.isalpha()):
             raise ValueError(f"languages must be 'auto' or codes like 'en', got {language!r}")
+    for sparsity in parameters.get("sparsities", []):
+        if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+            raise ValueError(f"sparsities must lie in [0, 1), got {sparsity!r}")
     if parameters.get("limit") is not None and parameters["limit"] < 1:
         raise ValueError(f"limit must be positive or None, got {parameters['limit']}")
 

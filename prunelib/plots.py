@@ -50,3 +50,138 @@ def plot_baseline(summary: pd.DataFrame, path: str | Path) -> Path:
     fig.suptitle(f"{first['model']} on {first['dataset']} (n = {int(first['n'])} utterances), dense, greedy")
     fig.tight_layout()
     return save(fig, path)
+
+
+ABLATION_PANELS = {
+    "sub-layers": ["encoder self-attn", "encoder FFN", "decoder self-attn", "decoder cross-attn", "decoder FFN"],
+    "layer groups": ["encoder early layers", "encoder middle layers", "encoder late layers", "encoder last 4 layers",
+                     "decoder early layers", "decoder middle layers", "decoder late layers"],
+    "front-end and embedding": ["encoder conv front-end", "decoder token embedding"],
+}
+
+
+def plot_ablation_curves(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """WER against sparsity per component group, with 95% interval bands and the dense band."""
+    dense = table[table["spec"] == "dense"].iloc[0]
+    pruned_rows = table[table["spec"] != "dense"]
+    panels = {name: [c for c in members if c in set(pruned_rows["component"])] for name, members in ABLATION_PANELS.items()}
+    panels = {name: members for name, members in panels.items() if members}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), sharey=True, squeeze=False)
+    top = max(dense["wer_hi"] * 3, 30.0)
+    for ax, (name, members) in zip(axes[0], panels.items()):
+        ax.axhspan(dense["wer_lo"], dense["wer_hi"], color="grey", alpha=0.2, label=f"dense {dense['wer']:.1f}")
+        ax.axhline(dense["wer"], color="grey", lw=1)
+        for component in members:
+            rows = pruned_rows[pruned_rows["component"] == component].sort_values("requested_sparsity")
+            x = [0.0, *rows["requested_sparsity"]]
+            line, = ax.plot(x, [dense["wer"], *rows["wer"]], marker="o", ms=3, label=component)
+            ax.fill_between(x, [dense["wer_lo"], *rows["wer_lo"]], [dense["wer_hi"], *rows["wer_hi"]],
+                            color=line.get_color(), alpha=0.12)
+        ax.set_yscale("symlog", linthresh=20)
+        ax.set_ylim(0, top if pruned_rows["wer"].max() < top else None)
+        ax.set_xlabel("sparsity of the pruned component")
+        ax.set_title(name)
+        ax.legend(fontsize=7, frameon=False)
+    axes[0][0].set_ylabel("WER (%), symlog above 20")
+    fig.suptitle(title or f"one-shot magnitude pruning, one component at a time (n = {int(dense['n'])} utterances)")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_ablation_heatmap(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Change in WER against dense per component and sparsity; * marks intervals excluding zero."""
+    from matplotlib.colors import SymLogNorm
+
+    pruned_rows = table[table["spec"] != "dense"]
+    order = [c for members in ABLATION_PANELS.values() for c in members if c in set(pruned_rows["component"])]
+    order += [c for c in pruned_rows["component"].unique() if c not in order]
+    delta = pruned_rows.pivot_table(index="component", columns="requested_sparsity", values="delta_wer").reindex(order)
+    lo = pruned_rows.pivot_table(index="component", columns="requested_sparsity", values="delta_lo").reindex(order)
+    hi = pruned_rows.pivot_table(index="component", columns="requested_sparsity", values="delta_hi").reindex(order)
+    limit = max(1.0, float(delta.abs().max().max()))
+    fig, ax = plt.subplots(figsize=(1.3 * delta.shape[1] + 4, 0.42 * delta.shape[0] + 1.5))
+    image = ax.imshow(delta.to_numpy(), cmap="RdBu_r", norm=SymLogNorm(linthresh=1.0, vmin=-limit, vmax=limit), aspect="auto")
+    for i in range(delta.shape[0]):
+        for j in range(delta.shape[1]):
+            value = delta.iat[i, j]
+            if pd.isna(value):
+                continue
+            significant = lo.iat[i, j] > 0 or hi.iat[i, j] < 0
+            ax.text(j, i, f"{value:+.1f}{'*' if significant else ''}", ha="center", va="center", fontsize=8,
+                    color="white" if abs(value) > limit / 3 else "black")
+    ax.set_xticks(range(delta.shape[1]), [f"{s:.0%}" for s in delta.columns])
+    ax.set_yticks(range(delta.shape[0]), delta.index)
+    ax.set_xlabel("sparsity of the pruned component")
+    fig.colorbar(image, ax=ax, label="WER change vs dense (points, symlog)")
+    n = int(pruned_rows["n"].iloc[0])
+    ax.set_title(title or f"WER change vs dense (n = {n}); * = paired 95% interval excludes 0")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+SENSITIVITY_UNITS = {  # colour-bar label per score: what is averaged over a component's weights, and its unit
+    "gradient": "|mean dL/dw| (nats / unit weight)",
+    "fisher": "mean (dL/dw)^2 (nats^2 / unit weight^2)",
+    "taylor": "|w mean dL/dw| (nats)",
+    "obd": "0.5 F w^2 (nats)",
+}
+
+
+def plot_sensitivity_heatmap(components: pd.DataFrame, score: str, path: str | Path, title: str) -> Path:
+    """Layer x component-kind heatmaps of one score, encoder and decoder side by side (log colour scale).
+
+    `components` has one row per component with columns stack, layer, kind and `score`;
+    rows outside the layers' self_attn / cross_attn / ffn are ignored.
+    """
+    import numpy as np
+
+    kinds = {"encoder": ["self_attn", "ffn"], "decoder": ["self_attn", "cross_attn", "ffn"]}
+    rows = components[components["kind"].isin(kinds["decoder"]) & components["layer"].notna()]
+    grids = {stack: rows[rows["stack"] == stack].pivot(index="layer", columns="kind", values=score)
+             .reindex(columns=columns) for stack, columns in kinds.items()}
+    values = np.log10(pd.concat(grids.values(), axis=1).to_numpy(dtype=float))
+    low, high = np.nanmin(values), np.nanmax(values)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 1.6 + 0.45 * max(len(g) for g in grids.values())),
+                             gridspec_kw={"width_ratios": [2, 3]}, layout="constrained")
+    for ax, (stack, grid) in zip(axes, grids.items()):
+        logs = np.log10(grid.to_numpy(dtype=float))
+        image = ax.imshow(logs, cmap="viridis", vmin=low, vmax=high, aspect="auto")
+        for (i, j), value in np.ndenumerate(grid.to_numpy(dtype=float)):
+            shade = "white" if logs[i, j] < (low + high) / 2 else "black"
+            ax.text(j, i, f"{value:.1e}", ha="center", va="center", fontsize=7, color=shade)
+        ax.set_xticks(range(len(grid.columns)), [c.replace("_", " ") for c in grid.columns])
+        ax.set_yticks(range(len(grid.index)), [str(int(layer)) for layer in grid.index])
+        ax.set_xlabel("component kind")
+        ax.set_ylabel(f"{stack} layer")
+        ax.set_title(stack)
+    fig.colorbar(image, ax=axes, label=f"log10 {score}, mean over weights of\n{SENSITIVITY_UNITS.get(score, score)}")
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path)
+
+
+def plot_sensitivity_stability(stability: pd.DataFrame, path: str | Path, threshold: float = 0.9) -> Path:
+    """Spearman agreement with the full calibration pool against calibration size, per score.
+
+    `stability` has columns labels, method, seed, size, reference_size, spearman (one panel per labels).
+    """
+    label_choices = list(dict.fromkeys(stability["labels"]))
+    fig, axes = plt.subplots(1, len(label_choices), figsize=(4.5 * len(label_choices), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, labels in zip(axes[0], label_choices):
+        block = stability[stability["labels"] == labels]
+        for method, rows in block.groupby("method", sort=False):
+            worst = rows.groupby("size")["spearman"].min()
+            line, = ax.plot(worst.index, worst.to_numpy(), marker="o", label=f"{method} (worst seed)")
+            ax.scatter(rows["size"], rows["spearman"], color=line.get_color(), alpha=0.35, s=14)
+        ax.axhline(threshold, color="grey", linestyle="--", linewidth=1)
+        ax.set_xscale("log", base=2)
+        sizes = sorted(block["size"].unique())
+        ax.set_xticks(sizes, [str(int(size)) for size in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("calibration utterances (n, log scale)")
+        ax.set_title(f"{labels} labels; reference n = {int(block['reference_size'].max())}")
+    axes[0][0].set_ylabel("Spearman rho over components\n(vs. the full pool)")
+    axes[0][0].legend(frameon=False, fontsize=8)
+    fig.suptitle("How many calibration utterances give a stable component ranking? (dots: seeds)", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)

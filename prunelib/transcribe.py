@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -11,15 +12,18 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import transformers
+from transformers.modeling_outputs import BaseModelOutput
 from tqdm import tqdm
 
 from prunelib.audio import SAMPLE_RATE, AudioError
 from prunelib.corpora import Utterance
+from prunelib.encoder_cache import EncoderCache
 from prunelib.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
 CHUNK_SECONDS = 30.0  # Whisper's encoder reads exactly 30 s of log-mel features
+MAX_NEW_TOKENS = 440  # Whisper's 448 positions less the longest decoder prompt
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class Decoding:
     batch_size: int = 16  # the paper's batch size
     num_beams: int = 1  # greedy, as the paper
     long_form: bool = True  # decode >30 s audio sequentially; False truncates at 30 s as the paper's code did
-    max_new_tokens: int | None = None  # None: the checkpoint's generation config decides
+    max_tokens_per_second: float | None = 10.0  # stop a batch at this many tokens per second of its longest audio; None: 448
 
     def __post_init__(self) -> None:
         if not self.language or not isinstance(self.language, str):
@@ -39,6 +43,19 @@ class Decoding:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be at least 1, got {self.num_beams}")
+        if self.max_tokens_per_second is not None and self.max_tokens_per_second <= 0:
+            raise ValueError(f"max_tokens_per_second must be positive or None, got {self.max_tokens_per_second}")
+
+    def token_budget(self, seconds: float) -> int | None:
+        """New tokens allowed for a short-form batch whose longest audio lasts `seconds`.
+
+        Read speech runs at 3 to 5 tokens a second; a budget of 10 never cuts a real
+        transcript but stops the 448-token repetition loops of a collapsed (heavily pruned)
+        model, which otherwise make one evaluation many times slower.
+        """
+        if self.max_tokens_per_second is None:
+            return None
+        return min(MAX_NEW_TOKENS, int(math.ceil(self.max_tokens_per_second * seconds)) + 10)
 
     def key(self) -> dict:
         """The settings that change transcripts (batch size does not, so it is left out)."""
@@ -54,8 +71,6 @@ def generate_kwargs(loaded: LoadedModel, decoding: Decoding) -> dict:
     # keeps the loaded model's own config untouched.
     generation_config.forced_decoder_ids = None
     kwargs: dict = {"generation_config": generation_config, "num_beams": decoding.num_beams, "do_sample": False}
-    if decoding.max_new_tokens is not None:
-        kwargs["max_new_tokens"] = decoding.max_new_tokens
     if loaded.is_multilingual and decoding.language != "auto":
         kwargs["language"] = decoding.language
         kwargs["task"] = "transcribe"
@@ -74,12 +89,65 @@ def _quiet_transformers():
         transformers.logging.set_verbosity(previous)
 
 
-def _language_of(ids: torch.Tensor, id_to_language: dict[int, str]) -> str | None:
-    """The language token the decoder emitted (or was forced to), if any."""
-    for token in ids.tolist():
-        if token in id_to_language:
-            return id_to_language[token]
-    return None
+def _cached_encoder_outputs(loaded: LoadedModel, ids: list[str], features: torch.Tensor, cache: EncoderCache) -> torch.Tensor:
+    """Encoder hidden states for a batch: from the cache, else computed once and stored."""
+    cached = [cache.get(loaded.fingerprint, utt_id) for utt_id in ids]
+    if all(hidden is not None for hidden in cached):
+        return torch.stack(cached)
+    hidden = loaded.model.get_encoder()(features).last_hidden_state
+    for utt_id, row in zip(ids, hidden):
+        cache.put(loaded.fingerprint, utt_id, row)
+    return hidden
+
+
+def _content_tokens(sequence: torch.Tensor, pad_id: int | None) -> int:
+    """Tokens the decoder produced, padding excluded (generate strips the prompt and the end token)."""
+    return int((sequence != pad_id).sum()) if pad_id is not None else int(sequence.numel())
+
+
+def _languages(loaded: LoadedModel, kwargs: dict, count: int, **inputs) -> list[str | None]:
+    """The language each utterance is decoded in: forced, detected (as generate will), or English."""
+    if "language" in kwargs:
+        return [kwargs["language"]] * count
+    if not loaded.is_multilingual:
+        return ["en"] * count
+    lang_to_id = loaded.model.generation_config.lang_to_id
+    names = {token: name.strip("<|>") for name, token in lang_to_id.items()}
+    detected = loaded.model.detect_language(generation_config=kwargs["generation_config"], **inputs)
+    return [names.get(int(token)) for token in detected.reshape(-1)]
+
+
+def _decode_short(loaded: LoadedModel, ids: list[str], arrays: list[np.ndarray], decoding: Decoding, kwargs: dict,
+                  device: torch.device, encoder_cache: EncoderCache | None) -> tuple[torch.Tensor, list, int | None]:
+    """Greedy-decode up to 30 s per utterance; the encoder runs once (or not at all, when cached)."""
+    features = loaded.processor.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    features = features.input_features.to(device)
+    if encoder_cache is not None:
+        hidden = _cached_encoder_outputs(loaded, ids, features, encoder_cache)
+    else:
+        hidden = loaded.model.get_encoder()(features).last_hidden_state
+    encoder_outputs = BaseModelOutput(last_hidden_state=hidden)
+    languages = _languages(loaded, kwargs, len(arrays), encoder_outputs=encoder_outputs)
+    budget = decoding.token_budget(len(arrays[0]) / SAMPLE_RATE)
+    extra = {} if budget is None else {"max_new_tokens": budget}
+    sequences = loaded.model.generate(encoder_outputs=encoder_outputs, **kwargs, **extra)
+    return sequences, languages, budget
+
+
+def _decode_long(loaded: LoadedModel, arrays: list[np.ndarray], kwargs: dict,
+                 device: torch.device) -> tuple[torch.Tensor, list, None]:
+    """Decode audio over 30 s sequentially in 30 s windows, as the ASR pipeline does."""
+    features = loaded.processor.feature_extractor(
+        arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt",
+        truncation=False, padding="longest", return_attention_mask=True,
+    )
+    input_features = features.input_features.to(device)
+    frames = int(CHUNK_SECONDS * SAMPLE_RATE) // loaded.processor.feature_extractor.hop_length
+    languages = _languages(loaded, kwargs, len(arrays), input_features=input_features[..., :frames])
+    output = loaded.model.generate(input_features, attention_mask=features.attention_mask.to(device),
+                                   return_timestamps=True, **kwargs)
+    sequences = output["sequences"] if isinstance(output, dict) else output
+    return sequences, languages, None
 
 
 def _load_all(utterances: Iterable[Utterance]) -> tuple[list[tuple[Utterance, np.ndarray]], list[dict]]:
@@ -103,6 +171,7 @@ def transcribe(
     decoding: Decoding = Decoding(),
     progress: bool = True,
     on_batch: Callable[[list[dict]], None] | None = None,
+    encoder_cache: EncoderCache | None = None,
 ) -> list[dict]:
     """Transcribe utterances; one record per utterance (see prunelib.scoring for the keys).
 
@@ -110,9 +179,8 @@ def transcribe(
     long-form one utterance at a time (or truncated when `decoding.long_form` is False).
     """
     model, processor = loaded.model, loaded.processor
-    lang_to_id = getattr(model.generation_config, "lang_to_id", None) or {}
-    id_to_language = {token: name.strip("<|>") for name, token in lang_to_id.items()}
     kwargs = generate_kwargs(loaded, decoding)
+    pad_id = model.generation_config.pad_token_id
     audio_items, records = _load_all(utterances)
     if on_batch is not None and records:
         on_batch(list(records))
@@ -128,23 +196,17 @@ def transcribe(
     for batch in batches:
         arrays = [audio for _, audio in batch]
         is_long = len(arrays[0]) > limit and decoding.long_form
-        if is_long:
-            features = processor.feature_extractor(
-                arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt",
-                truncation=False, padding="longest", return_attention_mask=True,
-            )
-            extra = {"attention_mask": features.attention_mask.to(device), "return_timestamps": True}
-        else:
-            features = processor.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-            extra = {}
         started = time.perf_counter()
         with torch.inference_mode(), _quiet_transformers():
-            ids = model.generate(features.input_features.to(device), **kwargs, **extra)
+            if is_long:
+                sequences, languages, budget = _decode_long(loaded, arrays, kwargs, device)
+            else:
+                sequences, languages, budget = _decode_short(
+                    loaded, [utt.id for utt, _ in batch], arrays, decoding, kwargs, device, encoder_cache)
         elapsed = time.perf_counter() - started
-        sequences = ids["sequences"] if isinstance(ids, dict) else ids
         texts = processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         batch_records = []
-        for (utt, audio), text, seq in zip(batch, texts, sequences):
+        for (utt, audio), text, seq, language in zip(batch, texts, sequences, languages):
             seconds = len(audio) / SAMPLE_RATE
             batch_records.append(
                 {
@@ -154,9 +216,10 @@ def transcribe(
                     "speaker": utt.speaker,
                     "seconds": seconds,
                     "decode_seconds": elapsed / len(batch),
-                    "language": _language_of(seq[:4], id_to_language),
+                    "language": language,
                     "long_form": is_long,
                     "truncated": seconds > CHUNK_SECONDS and not decoding.long_form,
+                    "hit_token_budget": budget is not None and _content_tokens(seq, pad_id) >= budget,
                 }
             )
         records.extend(batch_records)

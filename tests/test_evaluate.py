@@ -44,6 +44,18 @@ def test_transcribes_real_speech(tiny_en, librivox):
         hyp = set(normalize_text(record["hypothesis"]).split())
         assert len(ref & hyp) >= 0.7 * len(ref), record
         assert record["seconds"] > 1 and record["decode_seconds"] > 0
+        assert record["language"] == "en" and not record["hit_token_budget"]
+    # Our path (encoder run explicitly, then generate from its outputs) equals plain generate.
+    import torch
+
+    from prunelib.transcribe import generate_kwargs
+
+    features = tiny_en.processor.feature_extractor([u.load_audio() for u in librivox.utterances[:2]],
+                                                   sampling_rate=16_000, return_tensors="pt").input_features
+    with torch.inference_mode():
+        plain = tiny_en.model.generate(features, **generate_kwargs(tiny_en, Decoding()))
+    texts = tiny_en.processor.tokenizer.batch_decode(plain, skip_special_tokens=True)
+    assert [t.strip() for t in texts] == [r["hypothesis"] for r in records]
 
 
 def test_long_form_keeps_the_tail_that_truncation_drops(tiny_en, librivox):
@@ -137,3 +149,47 @@ def test_cli_bad_input_exits_nonzero(shared_data, args, message):
     done = _cli("eval", *args, "--data-root", str(shared_data), env_extra={"HF_HUB_OFFLINE": "1"})
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_encoder_reuse_gives_identical_transcripts(tiny_en, librivox):
+    from prunelib.encoder_cache import EncoderCache
+    from prunelib.pruning import pruned
+
+    cache = EncoderCache()
+    decoding = Decoding(batch_size=2)
+    utterances = librivox.utterances[:4]
+    dense = transcribe(tiny_en, utterances, decoding, progress=False, encoder_cache=cache)
+    assert len(cache) == 4 and cache.hits == 0
+    with pruned(tiny_en.model, "decoder.self_attn=0.5"):
+        reused = transcribe(tiny_en, utterances, decoding, progress=False, encoder_cache=cache)
+        full = transcribe(tiny_en, utterances, decoding, progress=False)
+    assert cache.hits == 4
+    assert [r["hypothesis"] for r in reused] == [r["hypothesis"] for r in full]
+    assert [r["hypothesis"] for r in dense] == [r["hypothesis"] for r in transcribe(tiny_en, utterances, decoding, progress=False)]
+
+
+def test_encoder_cache_budget_evicts_oldest():
+    import torch
+
+    from prunelib.encoder_cache import EncoderCache
+
+    cache = EncoderCache(max_bytes=3 * 4 * 10)  # room for three 10-float tensors
+    for index in range(4):
+        cache.put("w", f"u{index}", torch.full((10,), float(index)))
+    assert len(cache) == 3 and cache.get("w", "u0") is None
+    assert cache.get("w", "u3")[0].item() == 3.0
+
+
+def test_token_budget_stops_runaway_decoding(tiny_en, librivox):
+    assert Decoding().token_budget(5.0) == 60
+    assert Decoding(max_tokens_per_second=None).token_budget(5.0) is None
+    with pytest.raises(ValueError, match="max_tokens_per_second"):
+        Decoding(max_tokens_per_second=0)
+    # The two longest sentences: both need more than the 10-token floor of the budget.
+    utterances = sorted(librivox.utterances, key=lambda u: len(u.reference))[-2:]
+    normal = transcribe(tiny_en, utterances, Decoding(), progress=False)
+    starved = transcribe(tiny_en, utterances, Decoding(batch_size=1, max_tokens_per_second=0.5), progress=False)
+    assert not any(r["hit_token_budget"] for r in normal)
+    assert all(r["hit_token_budget"] for r in starved)
+    for full, cut in zip(normal, starved):
+        assert len(cut["hypothesis"].split()) < len(full["hypothesis"].split())

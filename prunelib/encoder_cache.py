@@ -1,0 +1,61 @@
+"""Keep encoder outputs of a dense encoder in memory, so decoder-only prunes skip the encoder."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import torch
+
+BUDGET_ENV = "PRUNELIB_ENCODER_CACHE_GB"
+
+
+class EncoderCache:
+    """Encoder hidden states per (weights fingerprint, utterance id), bounded in bytes.
+
+    Whisper's encoder always reads 30 s of padded audio and costs most of the compute of a
+    short utterance; a prune that leaves the encoder untouched gets the same hidden states,
+    so they are computed once. When the budget is full the least recently used go first.
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        if max_bytes is None:
+            max_bytes = int(float(os.environ.get(BUDGET_ENV, "2")) * 2**30)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._store: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def get(self, fingerprint: str, utterance_id: str) -> torch.Tensor | None:
+        """The cached hidden states of one utterance, or None."""
+        key = (fingerprint, utterance_id)
+        hidden = self._store.get(key)
+        if hidden is None:
+            self.misses += 1
+            return None
+        self._store.move_to_end(key)
+        self.hits += 1
+        return hidden
+
+    def put(self, fingerprint: str, utterance_id: str, hidden: torch.Tensor) -> None:
+        """Store one utterance's hidden states ([positions, d_model]), evicting old ones if needed."""
+        size = hidden.numel() * hidden.element_size()
+        if size > self.max_bytes:
+            return
+        key = (fingerprint, utterance_id)
+        if key in self._store:
+            return
+        while self.bytes + size > self.max_bytes:
+            _, old = self._store.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+        # clone: a row view would keep the whole batch tensor alive
+        self._store[key] = hidden.detach().clone()
+        self.bytes += size
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._store.clear()
+        self.bytes = 0
