@@ -117,6 +117,9 @@ _TYPES = {
     # 02_sensitivity
     "calibration_speakers": int, "calibration_sizes": list, "calibration_seeds": list, "label_choices": list,
     "cross_domain_dataset": (str, type(None)), "cross_domain_limit": (int, type(None)), "stability_threshold": float,
+    # 04_global_vs_sensitivity_aware
+    "targets": list, "allocators": list, "seeds": list, "cap": float, "sensitivity_labels": str,
+    "owl_lambda": float, "owl_outlier": float,
 }
 
 

@@ -185,3 +185,58 @@ def plot_sensitivity_stability(stability: pd.DataFrame, path: str | Path, thresh
     fig.suptitle("How many calibration utterances give a stable component ranking? (dots: seeds)", fontsize=10)
     fig.tight_layout()
     return save(fig, path)
+
+
+def plot_allocator_curves(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """WER against achieved overall sparsity per allocator, 95% interval bands, symlog WER axis.
+
+    `table` has one row per evaluation with columns allocator, sparsity_linear (percent), wer,
+    wer_lo, wer_hi, n; the row with allocator "dense" draws the baseline band. An allocator
+    with a single row (the paper's fixed table) is drawn as one point with its interval.
+    """
+    dense = table[table["allocator"] == "dense"].iloc[0]
+    rows = table[table["allocator"] != "dense"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.axhspan(dense["wer_lo"], dense["wer_hi"], color="grey", alpha=0.2, label=f"dense {dense['wer']:.1f}")
+    ax.axhline(dense["wer"], color="grey", lw=1)
+    for allocator, block in rows.groupby("allocator", sort=False):
+        block = block.sort_values("sparsity_linear")
+        if len(block) == 1:
+            point = block.iloc[0]
+            ax.errorbar(point["sparsity_linear"], point["wer"], yerr=[[point["wer"] - point["wer_lo"]],
+                        [point["wer_hi"] - point["wer"]]], fmt="*", ms=12, capsize=4, label=allocator)
+            continue
+        x = [0.0, *block["sparsity_linear"]]
+        line, = ax.plot(x, [dense["wer"], *block["wer"]], marker="o", ms=4, label=allocator)
+        ax.fill_between(x, [dense["wer_lo"], *block["wer_lo"]], [dense["wer_hi"], *block["wer_hi"]],
+                        color=line.get_color(), alpha=0.12)
+    ax.set_yscale("symlog", linthresh=20)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("overall sparsity over the prunable linear weights (%)")
+    ax.set_ylabel("WER (%), symlog above 20")
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_title(title or f"allocators at matched overall sparsity (n = {int(dense['n'])} utterances)")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_allocation_heatmap(sparsity: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Sparsity each allocator gave each component: rows components, columns allocators, in percent.
+
+    `sparsity` is a components x allocators frame of fractions; NaN (never pruned) shows blank.
+    """
+    import numpy as np
+
+    values = sparsity.to_numpy(dtype=float) * 100
+    fig, ax = plt.subplots(figsize=(1.1 * sparsity.shape[1] + 3.5, 0.3 * sparsity.shape[0] + 1.8))
+    image = ax.imshow(values, cmap="magma_r", vmin=0, vmax=100, aspect="auto")
+    for (i, j), value in np.ndenumerate(values):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if value > 55 else "black")
+    ax.set_xticks(range(sparsity.shape[1]), sparsity.columns, rotation=35, ha="right")
+    ax.set_yticks(range(sparsity.shape[0]), sparsity.index, fontsize=8)
+    fig.colorbar(image, ax=ax, label="sparsity of the component (%)")
+    ax.set_title(title or "per-component sparsity chosen by each allocator")
+    fig.tight_layout()
+    return save(fig, path)

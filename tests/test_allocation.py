@@ -1,0 +1,152 @@
+"""Allocators: matched overall sparsity, caps, seeds, Wanda scores, OWL and the paper's table."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from transformers import WhisperForConditionalGeneration
+
+from conftest import tiny_whisper_config
+from prunelib import allocation as alloc
+from prunelib.pruning import compute_masks, resolve
+
+SENSITIVE = "decoder.layers[1].ffn"
+
+
+@pytest.fixture(scope="module")
+def model() -> WhisperForConditionalGeneration:
+    """A tiny Whisper with matrices large enough that 0.1 percentage point is a few weights."""
+    torch.manual_seed(0)
+    config = tiny_whisper_config(d_model=64, encoder_ffn_dim=256, decoder_ffn_dim=256,
+                                 encoder_layers=3, decoder_layers=3)
+    return WhisperForConditionalGeneration(config).eval()
+
+
+@pytest.fixture(scope="module")
+def norms(model) -> dict[str, torch.Tensor]:
+    """Input norms from two random teacher-forced batches."""
+    generator = torch.Generator().manual_seed(1)
+    batches = [{"input_features": torch.randn(1, 80, 100, generator=generator),
+                "decoder_input_ids": torch.randint(3, 64, (1, 9), generator=generator)} for _ in range(2)]
+    return alloc.collect_input_norms(model, batches)
+
+
+@pytest.fixture(scope="module")
+def scores(model) -> pd.DataFrame:
+    """Made-up component scores: all equal but one component a hundred times more sensitive."""
+    table = pd.DataFrame({"fisher": 1.0, "gradient": 1.0}, index=list(alloc.linear_components(model)))
+    table.loc[SENSITIVE] = 100.0
+    return table
+
+
+@pytest.mark.parametrize("name", alloc.MATCHED)
+@pytest.mark.parametrize("target", [0.2, 0.5])
+def test_every_matched_allocator_hits_the_target(model, norms, scores, name, target):
+    allocation = alloc.allocate(name, model, target, scores=scores, norms=norms, seed=0)
+    report = alloc.measure(model, allocation)
+    assert abs(report.overall_linear - target) < 0.001  # 0.1 percentage point
+    assert report.overall_weights < report.overall_linear or name == "global+embed"
+
+
+def test_global_with_embedding_solves_its_pool_sparsity(model):
+    allocation = alloc.global_magnitude(model, 0.4, embed=True)
+    assert allocation.spec.startswith("global+embed=") and allocation.spec != "global+embed=0.4"
+    embed = alloc.component_sparsity(alloc.measure(model, allocation))["decoder.embed"]
+    assert embed > 0  # the tied embedding is pruned on top of the linear target
+    assert "decoder.embed" not in alloc.component_sparsity(alloc.measure(model, alloc.global_magnitude(model, 0.4)))
+
+
+def test_measure_restores_the_weights(model):
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    alloc.measure(model, alloc.uniform(model, 0.5))
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("method", alloc.SCORE_METHODS)
+def test_sensitivity_aware_respects_cap_and_spares_the_sensitive(model, scores, method):
+    allocation = alloc.sensitivity_aware(model, 0.5, scores[method], method=method, cap=0.6)
+    sparsity = alloc.component_sparsity(alloc.measure(model, allocation))
+    assert sparsity.max() <= 0.6 + 1e-3  # per-matrix rounding only
+    others = sparsity.drop(SENSITIVE)
+    assert sparsity[SENSITIVE] < others.min()
+
+
+def test_sensitivity_aware_cap_binds_and_rejects_infeasible_targets(model, scores):
+    free = scores["fisher"].copy()
+    free[:] = 1.0
+    free["encoder.layers[0].ffn"] = 0.0  # costless: greedy would prune it fully without the cap
+    allocation = alloc.sensitivity_aware(model, 0.3, free, cap=0.5)
+    sparsity = alloc.component_sparsity(alloc.measure(model, allocation))
+    assert sparsity["encoder.layers[0].ffn"] == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(ValueError, match="cap"):
+        alloc.sensitivity_aware(model, 0.8, free, cap=0.7)
+    with pytest.raises(ValueError, match="no fisher score"):
+        alloc.sensitivity_aware(model, 0.3, free.drop("encoder.layers[0].ffn"))
+
+
+def test_random_allocation_is_reproducible_by_seed(model):
+    def masks(seed: int) -> dict[str, torch.Tensor]:
+        allocation = alloc.random_allocation(model, 0.5, seed)
+        return compute_masks(model, allocation.spec, allocation.importance)
+
+    first, again, other = masks(0), masks(0), masks(1)
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert any(not torch.equal(first[name], other[name]) for name in first)
+    uniform = compute_masks(model, alloc.uniform(model, 0.5).spec)
+    # Same number of weights per matrix as uniform magnitude pruning, different weights.
+    assert all(int(first[name].sum()) == int(uniform[name].sum()) for name in first)
+
+
+def test_wanda_scores_have_weight_shapes_and_change_the_masks(model, norms):
+    params = dict(model.named_parameters())
+    names = [info.name for info in alloc.linear_tensors(model)]
+    assert sorted(norms) == sorted(names)
+    assert all(norms[name].shape == (params[name].shape[1],) and (norms[name] > 0).all() for name in names)
+    raw = alloc.wanda_importance(model, norms, per_row=False)
+    assert all(raw[name].shape == params[name].shape for name in names)
+    allocation = alloc.wanda(model, 0.5, norms)
+    wanda_masks = compute_masks(model, allocation.spec, allocation.importance)
+    magnitude = compute_masks(model, alloc.uniform(model, 0.5).spec)
+    assert any(not torch.equal(wanda_masks[name], magnitude[name]) for name in names)
+    # Per-row selection: every output row keeps floor or ceil of half its inputs.
+    for name in names:
+        kept = wanda_masks[name].sum(1)
+        half = params[name].shape[1] / 2
+        assert ((kept >= int(half)) & (kept <= int(half) + 1)).all()
+
+
+def test_owl_gives_outlier_layers_lower_sparsity(model, norms):
+    # Flat activations everywhere except one input channel of decoder layer 2 with outliers.
+    spiked = {name: torch.ones_like(norm) for name, norm in norms.items()}
+    for name in spiked:
+        if name.startswith("model.decoder.layers.2."):
+            spiked[name][0] = 20.0
+    ratios = alloc.outlier_ratios(model, spiked)
+    assert ratios.idxmax() == "decoder.layers[2]"
+    allocation = alloc.owl(model, 0.5, spiked, lam=0.1)
+    sparsity = alloc.component_sparsity(alloc.measure(model, allocation))
+    decoder2 = sparsity[[c for c in sparsity.index if c.startswith("decoder.layers[2].")]]
+    assert decoder2.max() < sparsity.drop(decoder2.index).min()
+    assert sparsity.max() - sparsity.min() == pytest.approx(0.2, abs=0.01)  # spread 2 lam
+
+
+@pytest.mark.parametrize("layers", [2, 3, 6])
+def test_paper_schedule_resolves_on_tiny_models(layers):
+    torch.manual_seed(0)
+    tiny = WhisperForConditionalGeneration(tiny_whisper_config(decoder_layers=layers)).eval()
+    allocation = alloc.paper_schedule(tiny)
+    assert allocation.target is None
+    selected = [name for _, names in resolve(allocation.spec, tiny) for name in names]
+    assert any("embed_tokens" in name for name in selected) and any("conv1" in name for name in selected)
+    sparsity = alloc.component_sparsity(alloc.measure(tiny, allocation))
+    assert sparsity["encoder.layers[0].ffn"] == pytest.approx(0.5, abs=0.01)
+    assert sparsity[f"decoder.layers[{layers - 1}].ffn"] == pytest.approx(0.30, abs=0.01)
+
+
+def test_allocate_rejects_unknown_names_and_missing_inputs(model):
+    with pytest.raises(ValueError, match="unknown allocator"):
+        alloc.allocate("magic", model, 0.4)
+    with pytest.raises(ValueError, match="norms"):
+        alloc.allocate("wanda", model, 0.4)
+    with pytest.raises(ValueError, match="fisher"):
+        alloc.allocate("sensitivity-fisher", model, 0.4)
