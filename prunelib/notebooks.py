@@ -114,6 +114,7 @@ _TYPES = {
     "limit": (int, type(None)), "languages": list, "batch_size": int, "n_boot": int, "seed": int,
     "figures_dir": (str, type(None)),
     "sparsities": list, "components": (list, type(None)), "headline": list,
+    "headline_sparsities": (list, type(None)),
     # 02_sensitivity
     "calibration_speakers": int, "calibration_sizes": list, "calibration_seeds": list, "label_choices": list,
     "cross_domain_dataset": (str, type(None)), "cross_domain_limit": (int, type(None)), "stability_threshold": float,
