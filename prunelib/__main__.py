@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 
+from prunelib import distributed
 from prunelib.audio import AudioError
 from prunelib.corpora import CorpusError
 
@@ -22,12 +23,14 @@ def _eval(args: argparse.Namespace) -> dict:
                         long_form=not args.truncate,
                         max_tokens_per_second=args.max_tokens_per_second if args.max_tokens_per_second > 0 else None)
     corpus = load_corpus(args.dataset, data_root=args.data_root, limit=args.limit)
-    loaded = load_model(args.model, device=args.device)
+    # Under torchrun / accelerate launch each rank takes its own GPU (cuda:LOCAL_RANK), else the CPU.
+    loaded = load_model(args.model, device=distributed.rank_device(args.device))
     started = time.perf_counter()
     evaluation = evaluate(loaded, corpus, decoding, prune=args.prune, cache_dir=args.cache_dir)
     summary = dict(evaluation.summary)
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     summary["results_file"] = str(evaluation.path)
+    summary["world_size"] = distributed.rank_info().world_size  # processes that shared the decoding
     n_failed = summary.get("n_failed", 0)
     if n_failed:
         failed = [r["id"] for r in evaluation.records if r.get("error")]
@@ -120,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CorpusError, AudioError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
+    # Sharded runs merged their results already: rank 0 alone prints them.
+    if distributed.is_main():
+        print(json.dumps(result))
+    distributed.shutdown()
     return 0
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import prunelib
-from prunelib import results, scoring
+from prunelib import distributed, results, scoring
 from prunelib.components import find_stacks
 from prunelib.corpora import Corpus
 from prunelib.models import LoadedModel
@@ -89,7 +89,8 @@ def evaluate(
     key = evaluation_key(loaded, corpus, decoding, str(spec), importance_name if importance is not None else "magnitude")
     cache_dir = Path(cache_dir) if cache_dir is not None else results_root() / "cache"
     final = cache_dir / f"{key}.jsonl"
-    partial = cache_dir / f"{key}.partial.jsonl"
+    # Under torchrun / accelerate each rank appends to its own partial file (same name when alone).
+    partial = cache_dir / f"{key}.partial{distributed.partial_suffix()}.jsonl"
 
     with pruned(loaded.model, spec, importance=importance) as report:
         if final.exists():
@@ -105,7 +106,8 @@ def evaluate(
                 done = {r["id"]: r for r in kept}
             if done:
                 log.info("resuming: %d of %d utterances already in %s", len(done), len(corpus), partial)
-            todo = [u for u in corpus.utterances if u.id not in done]
+            # Sharded runs decode only this rank's share; a single process's shard is everything.
+            todo = [u for u in distributed.shard(corpus.utterances) if u.id not in done]
 
             def save(batch_records: list[dict]) -> None:
                 for record in batch_records:
@@ -113,9 +115,10 @@ def evaluate(
 
             encoder_cache = loaded.encoder_cache if reuse_encoder and not touches_encoder(loaded, spec) else None
             new = transcribe(loaded, todo, decoding, progress=progress, on_batch=save, encoder_cache=encoder_cache) if todo else []
-            by_id = {**done, **{r["id"]: r for r in new}}
+            # Merge every rank's records (no-op alone); rank 0 writes the file one process would have.
+            by_id = distributed.gather_records({**done, **{r["id"]: r for r in new}})
             records = [by_id[u.id] for u in corpus.utterances]
-            results.write_jsonl_atomic(final, records)
+            distributed.write_jsonl_once(final, records)
             partial.unlink(missing_ok=True)
             from_cache = False
 
