@@ -1,6 +1,7 @@
 """Evaluate a (possibly pruned) model on a corpus, with a resumable per-utterance cache."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ class Evaluation:
     summary: dict
     path: Path  # the per-utterance JSONL file
     from_cache: bool = False
-    report: object | None = field(default=None, repr=False)  # the SparsityReport of the prune
+    report: object | None = field(default=None, repr=False)  # the SparsityReport of the prune (None when read from cache)
 
 
 def touches_encoder(loaded: LoadedModel, spec) -> bool:
@@ -62,6 +63,38 @@ def evaluation_key(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, prun
         prune=prune,
         importance=importance,
     )
+
+
+def _decode_or_read(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, spec, final: Path, partial: Path,
+                    reuse_encoder: bool, progress: bool) -> tuple[list[dict], bool]:
+    """Records from the final cache file, else decoded (resuming from the partial file)."""
+    if final.exists():
+        log.info("read cached results from %s", final)
+        return results.read_jsonl(final), True
+    done = {}
+    if partial.exists():
+        # A crash mid-append leaves a cut last line: drop it, and rewrite the file so
+        # that new appends do not glue onto the fragment.
+        kept = results.read_jsonl(partial, drop_truncated_last_line=True)
+        results.write_jsonl_atomic(partial, kept)
+        done = {r["id"]: r for r in kept}
+    if done:
+        log.info("resuming: %d of %d utterances already in %s", len(done), len(corpus), partial)
+    # Sharded runs decode only this rank's share; a single process's shard is everything.
+    todo = [u for u in distributed.shard(corpus.utterances) if u.id not in done]
+
+    def save(batch_records: list[dict]) -> None:
+        for record in batch_records:
+            results.append_jsonl(partial, record)
+
+    encoder_cache = loaded.encoder_cache if reuse_encoder and not touches_encoder(loaded, spec) else None
+    new = transcribe(loaded, todo, decoding, progress=progress, on_batch=save, encoder_cache=encoder_cache) if todo else []
+    # Merge every rank's records (no-op alone); rank 0 writes the file one process would have.
+    by_id = distributed.gather_records({**done, **{r["id"]: r for r in new}})
+    records = [by_id[u.id] for u in corpus.utterances]
+    distributed.write_jsonl_once(final, records)
+    partial.unlink(missing_ok=True)
+    return records, False
 
 
 def evaluate(
@@ -92,35 +125,18 @@ def evaluate(
     # Under torchrun / accelerate each rank appends to its own partial file (same name when alone).
     partial = cache_dir / f"{key}.partial{distributed.partial_suffix()}.jsonl"
 
-    with pruned(loaded.model, spec, importance=importance) as report:
-        if final.exists():
-            records, from_cache = results.read_jsonl(final), True
-            log.info("read %d cached results from %s", len(records), final)
-        else:
-            done = {}
-            if partial.exists():
-                # A crash mid-append leaves a cut last line: drop it, and rewrite the file so
-                # that new appends do not glue onto the fragment.
-                kept = results.read_jsonl(partial, drop_truncated_last_line=True)
-                results.write_jsonl_atomic(partial, kept)
-                done = {r["id"]: r for r in kept}
-            if done:
-                log.info("resuming: %d of %d utterances already in %s", len(done), len(corpus), partial)
-            # Sharded runs decode only this rank's share; a single process's shard is everything.
-            todo = [u for u in distributed.shard(corpus.utterances) if u.id not in done]
-
-            def save(batch_records: list[dict]) -> None:
-                for record in batch_records:
-                    results.append_jsonl(partial, record)
-
-            encoder_cache = loaded.encoder_cache if reuse_encoder and not touches_encoder(loaded, spec) else None
-            new = transcribe(loaded, todo, decoding, progress=progress, on_batch=save, encoder_cache=encoder_cache) if todo else []
-            # Merge every rank's records (no-op alone); rank 0 writes the file one process would have.
-            by_id = distributed.gather_records({**done, **{r["id"]: r for r in new}})
-            records = [by_id[u.id] for u in corpus.utterances]
-            distributed.write_jsonl_once(final, records)
-            partial.unlink(missing_ok=True)
-            from_cache = False
+    sparsity_file = cache_dir / f"{key}.sparsity.json"
+    if final.exists() and sparsity_file.exists():
+        # Cached transcripts and sparsities: no need to compute the masks again.
+        records, from_cache, report = results.read_jsonl(final), True, None
+        sparsity = json.loads(sparsity_file.read_text())
+        log.info("read %d cached results from %s", len(records), final)
+    else:
+        with pruned(loaded.model, spec, importance=importance) as report:
+            records, from_cache = _decode_or_read(loaded, corpus, decoding, spec, final, partial, reuse_encoder, progress)
+        sparsity = {"sparsity": round(100 * report.overall_weights, 3),
+                    "sparsity_linear": round(100 * report.overall_linear, 3)}
+        results.write_json_atomic(sparsity_file, sparsity)
 
     summary = {
         "model": loaded.name,
@@ -129,8 +145,7 @@ def evaluate(
         "prune": str(spec),
         "importance": importance_name if importance is not None else "magnitude",
         **scoring.score(records, n_boot=n_boot),
-        "sparsity": round(100 * report.overall_weights, 3),
-        "sparsity_linear": round(100 * report.overall_linear, 3),
+        **sparsity,
         "n_long_form": sum(bool(r.get("long_form")) for r in records),
         "n_truncated": sum(bool(r.get("truncated")) for r in records),
         "n_hit_token_budget": sum(bool(r.get("hit_token_budget")) for r in records),
