@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from scipy.stats import spearmanr
 from torch import nn
 from tqdm import tqdm
 
+from prunelib import results
 from prunelib.audio import SAMPLE_RATE, AudioError
 from prunelib.components import LINEAR_KINDS, component_table, num_layers
 from prunelib.corpora import Corpus
@@ -347,22 +349,40 @@ def calibrate(loaded: LoadedModel, corpus: Corpus, labels: str = "reference", se
     return result, measurement
 
 
+def cached_calibrate(loaded: LoadedModel, corpus: Corpus, labels: str = "reference", seed: int = 0,
+                     sizes: list[int] | None = None, n: int | None = None, batch_size: int = 16,
+                     cache_dir: Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """calibrate()'s table, read from `cache_dir` (<key>.csv) when an identical run was done before."""
+    key = results.cache_key(kind="sensitivity", version=1, model=loaded.name, weights=loaded.fingerprint,
+                            corpus=corpus.name, utterances=results.cache_key(ids=[u.id for u in corpus.utterances]),
+                            labels=labels, seed=seed, sizes=sorted(sizes or []), n=n)
+    path = Path(cache_dir) / f"{key}.csv" if cache_dir is not None else None
+    if path is not None and path.exists():
+        table = pd.read_csv(path)
+        table["layer"] = table["layer"].astype("Int64")
+        return table
+    table, _ = calibrate(loaded, corpus, labels, seed, sizes=sizes, n=n, batch_size=batch_size, progress=progress)
+    if path is not None:
+        results.write_csv_atomic(path, table)
+    return table
+
+
 def sweep(loaded: LoadedModel, pool: Corpus, label_choices: list[str], sizes: list[int], seeds: list[int],
-          batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+          batch_size: int = 16, cache_dir: Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Scores for every label choice x seed x nested size; the whole pool is measured once per label.
 
     The full pool gives the same scores whatever its order, so the first seed measures all
-    of it and the other seeds only the prefix up to the largest size below the pool.
+    of it and the other seeds only the prefix up to the largest size below the pool. Each
+    run is cached under `cache_dir`, so an interrupted sweep resumes with the next run.
     """
     frames = []
+    largest = max([s for s in sizes if s < len(pool)], default=None)
     for labels in label_choices:
         for index, seed in enumerate(seeds):
-            largest = max([s for s in sizes if s < len(pool)], default=None)
             if index > 0 and largest is None:
                 break
-            table, _ = calibrate(loaded, pool, labels, seed, sizes=sizes, n=None if index == 0 else largest,
-                                 batch_size=batch_size, progress=progress)
-            frames.append(table)
+            frames.append(cached_calibrate(loaded, pool, labels, seed, sizes=sizes, n=None if index == 0 else largest,
+                                           batch_size=batch_size, cache_dir=cache_dir, progress=progress))
     return pd.concat(frames, ignore_index=True)
 
 

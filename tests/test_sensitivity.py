@@ -214,3 +214,24 @@ def test_teacher_forcing_reproduces_the_models_own_transcripts(shared_data, tmp_
                                   decoder_input_ids=example.decoder_input_ids[None]).logits[0]
         scored = example.labels != -100
         assert torch.equal(logits.argmax(-1)[scored], example.labels[scored])
+
+
+@pytest.mark.slow
+def test_cached_calibrate_reads_a_finished_run(shared_data, tmp_path, monkeypatch):
+    from prunelib.corpora import load_corpus
+    from prunelib.models import ModelNotFoundError, load_model
+
+    try:
+        loaded = load_model("openai/whisper-tiny.en")
+    except ModelNotFoundError as err:
+        pytest.skip(str(err))
+    corpus = load_corpus("librivox-mini:test", data_root=shared_data, limit=2)
+    first = sens.cached_calibrate(loaded, corpus, "reference", seed=0, sizes=[1], cache_dir=tmp_path, progress=False)
+    assert sorted(first["size"].unique()) == [1, 2] and len(list(tmp_path.glob("*.csv"))) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed a cached run")
+
+    monkeypatch.setattr(sens, "calibrate", fail)
+    again = sens.cached_calibrate(loaded, corpus, "reference", seed=0, sizes=[1], cache_dir=tmp_path, progress=False)
+    pd.testing.assert_frame_equal(again, first, check_dtype=False, rtol=1e-12)
