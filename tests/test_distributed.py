@@ -97,7 +97,8 @@ def test_two_processes_match_one(shared_data, tmp_path):
     # One merged file under the same key as the single process's, and no partial files left behind.
     single_file, sharded_file = Path(single["results_file"]), Path(sharded["results_file"])
     assert single_file.name == sharded_file.name
-    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == [sharded_file.name]
+    sparsity_file = sharded_file.name.replace(".jsonl", ".sparsity.json")
+    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == sorted([sharded_file.name, sparsity_file])
     single_records, sharded_records = read_jsonl(single_file), read_jsonl(sharded_file)
     assert len(sharded_records) == 5
     assert [_comparable(r) for r in sharded_records] == [_comparable(r) for r in single_records]
