@@ -115,6 +115,7 @@ _TYPES = {
     "figures_dir": (str, type(None)),
     "sparsities": list, "components": (list, type(None)), "headline": list,
     "headline_sparsities": (list, type(None)),
+    "datasets": list, "systems": dict, "allocation_target": float,
     # 02_sensitivity
     "calibration_speakers": int, "calibration_sizes": list, "calibration_seeds": list, "label_choices": list,
     "cross_domain_dataset": (str, type(None)), "cross_domain_limit": (int, type(None)), "stability_threshold": float,
@@ -130,8 +131,9 @@ def check_parameters(**parameters) -> None:
         expected = _TYPES.get(name)
         if expected is not None and (not isinstance(value, expected) or isinstance(value, bool)):
             raise TypeError(f"parameter {name}={value!r} should be {expected}")
-    if "dataset" in parameters:
-        parse_corpus_name(parameters["dataset"])
+    for name in [parameters.get("dataset"), *parameters.get("datasets", [])]:
+        if name is not None:
+            parse_corpus_name(name)
     for language in parameters.get("languages", []):
         if language != "auto" and not (isinstance(language, str) and language.isalpha()):
             raise ValueError(f"languages must be 'auto' or codes like 'en', got {language!r}")

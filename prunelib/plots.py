@@ -29,8 +29,8 @@ def plot_baseline(summary: pd.DataFrame, path: str | Path) -> Path:
     """
     labels = [PIPELINE_LABELS.get(lang, lang) for lang in summary["language"]]
     fig, (ax_wer, ax_types) = plt.subplots(1, 2, figsize=(10, 4))
-    lows = [row.wer - row.wer_ci95[0] for row in summary.itertuples()]
-    highs = [row.wer_ci95[1] - row.wer for row in summary.itertuples()]
+    lows = [max(0.0, row.wer - row.wer_ci95[0]) for row in summary.itertuples()]
+    highs = [max(0.0, row.wer_ci95[1] - row.wer) for row in summary.itertuples()]
     bars = ax_wer.bar(labels, summary["wer"], yerr=[lows, highs], capsize=6, color=["#4c72b0", "#dd8452"][: len(summary)])
     for bar, wer in zip(bars, summary["wer"]):
         ax_wer.annotate(f"{wer:.2f}", (bar.get_x() + bar.get_width() / 2, 0), xytext=(0, 4),
@@ -238,5 +238,34 @@ def plot_allocation_heatmap(sparsity: pd.DataFrame, path: str | Path, title: str
     ax.set_yticks(range(sparsity.shape[0]), sparsity.index, fontsize=8)
     fig.colorbar(image, ax=ax, label="sparsity of the component (%)")
     ax.set_title(title or "per-component sparsity chosen by each allocator")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_cross_dataset(table: pd.DataFrame, path: str | Path) -> Path:
+    """WER change against dense per corpus and pruned system, with paired 95% intervals, per pipeline."""
+    pruned_rows = table[table["system"] != "dense"]
+    languages = list(dict.fromkeys(pruned_rows["language"]))
+    systems = list(dict.fromkeys(pruned_rows["system"]))
+    datasets = list(dict.fromkeys(pruned_rows["dataset"]))
+    fig, axes = plt.subplots(1, len(languages), figsize=(1.8 * len(datasets) * len(languages) + 3, 4.4),
+                             sharey=True, squeeze=False)
+    width = 0.8 / max(1, len(systems))
+    for ax, language in zip(axes[0], languages):
+        rows = pruned_rows[pruned_rows["language"] == language]
+        for k, system in enumerate(systems):
+            part = rows[rows["system"] == system].set_index("dataset").reindex(datasets)
+            x = [i - 0.4 + width * (k + 0.5) for i in range(len(datasets))]
+            # A percentile interval need not contain the point estimate on tiny samples: clip at 0.
+            yerr = [(part["delta_wer"] - part["delta_lo"]).clip(lower=0), (part["delta_hi"] - part["delta_wer"]).clip(lower=0)]
+            ax.errorbar(x, part["delta_wer"], yerr=yerr, fmt="o", capsize=4, label=system)
+        ax.axhline(0, color="grey", lw=1)
+        ax.set_yscale("symlog", linthresh=5)
+        labels = [f"{d}\nn = {int(rows[rows['dataset'] == d]['n'].iloc[0])}" for d in datasets]
+        ax.set_xticks(range(len(datasets)), labels, fontsize=8)
+        ax.set_title(f"pipeline '{language}'")
+    axes[0][0].set_ylabel("WER change vs dense (points, symlog above 5)")
+    axes[0][-1].legend(fontsize=7, frameon=False)
+    fig.suptitle("do the effects of pruning carry to other speech? (paired 95% intervals)")
     fig.tight_layout()
     return save(fig, path)
