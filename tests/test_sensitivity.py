@@ -96,7 +96,8 @@ def test_fisher_and_gradient_match_brute_force(tiny_whisper):
             expected = {"gradient": mean_grad.abs().mean(), "fisher": fisher.mean(),
                         "taylor": (w * mean_grad).abs().mean(), "obd": (0.5 * fisher * w.square()).mean()}
             for method, value in expected.items():
-                assert scores.loc[name, method] == pytest.approx(value.item(), rel=1e-4, abs=1e-12), (size, name, method)
+                expected_value = pytest.approx(value.item(), rel=1e-4, abs=1e-12)
+                assert scores.loc[name, method] == expected_value, (size, name, method)
     # The empirical Fisher is not the squared batch gradient.
     assert not np.allclose(scores["fisher"], scores["gradient"] ** 2)
 
