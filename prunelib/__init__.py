@@ -2,7 +2,7 @@
 
 Notebooks use `import prunelib as pl`; the names below are the public interface.
 """
-from prunelib import claims, plots, sweep
+from prunelib import allocation, claims, plots, sensitivity, sweep
 from prunelib.analysis import largest_differences, utterance_wer
 from prunelib.audio import AudioError, read_audio
 from prunelib.corpora import Corpus, CorpusError, Utterance, load_corpus
@@ -17,7 +17,7 @@ from prunelib.transcribe import Decoding, transcribe
 __version__ = "0.1.0"
 
 __all__ = [
-    "AudioError", "Corpus", "CorpusError", "Decoding", "Evaluation", "LoadedModel", "ModelNotFoundError",
+    "AudioError", "Corpus", "allocation", "sensitivity", "CorpusError", "Decoding", "Evaluation", "LoadedModel", "ModelNotFoundError",
     "Utterance", "check_parameters", "claims", "evaluate", "largest_differences", "load_corpus", "load_model",
     "normalize_text", "output_dirs", "plots", "paired_difference", "parse_prune_spec", "project_root", "prune_permanently",
     "pruned", "read_audio", "read_jsonl", "resolve_data_root", "results_root", "score", "set_seed",
