@@ -31,7 +31,7 @@ class LoadedModel:
     model: WhisperForConditionalGeneration
     processor: WhisperProcessor
     source: str  # "local path ...", "hub", "hub cache", "offline package ..."
-    fingerprint: str  # hash of the dense weights: cache keys change when the weights do
+    fingerprint: str  # hash of the weights as loaded: cache keys change when they do (reload after prune_permanently)
     encoder_cache: EncoderCache = field(default_factory=EncoderCache, repr=False)  # dense encoder outputs
 
     @property
