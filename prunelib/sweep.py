@@ -56,14 +56,11 @@ def ablation_specs(groups: dict[str, str], sparsities: Sequence[float]) -> list[
     return grid
 
 
-def _row(label: str, spec: str, sparsity: float, evaluation: Evaluation, dense: Evaluation, n_boot: int, seed: int) -> dict:
-    """One results-table row: the evaluation's score and its paired difference to dense."""
+def compare_to_dense(evaluation: Evaluation, dense: Evaluation, n_boot: int = 1000, seed: int = 0) -> dict:
+    """An evaluation's score and its paired difference to dense on the same utterances, as table columns."""
     summary = evaluation.summary
     difference = paired_difference(dense.records, evaluation.records, n_boot=n_boot, seed=seed)
     return {
-        "component": label,
-        "spec": spec,
-        "requested_sparsity": sparsity,
         "language": summary["language"],
         "n": summary["n"],
         "wer": summary["wer"],
@@ -81,6 +78,12 @@ def _row(label: str, spec: str, sparsity: float, evaluation: Evaluation, dense: 
         "sparsity_linear": summary["sparsity_linear"],
         "rtfx": summary["rtfx"],
     }
+
+
+def _row(label: str, spec: str, sparsity: float, evaluation: Evaluation, dense: Evaluation, n_boot: int, seed: int) -> dict:
+    """One ablation-table row: component, spec and sparsity, then the comparison to dense."""
+    return {"component": label, "spec": spec, "requested_sparsity": sparsity,
+            **compare_to_dense(evaluation, dense, n_boot, seed)}
 
 
 def run_sweep(
