@@ -58,7 +58,8 @@ def _sensitivity(args: argparse.Namespace) -> dict:
     # Only the N drawn utterances are labelled, so pseudo labels never decode the whole corpus.
     corpus = corpus.subset(sensitivity.seeded_order(corpus, args.seed)[: args.n])
     loaded = load_model(args.model)
-    table, _ = sensitivity.calibrate(loaded, corpus, labels=args.labels, seed=args.seed, batch_size=args.batch_size)
+    table, _ = sensitivity.calibrate(loaded, corpus, labels=args.labels, seed=args.seed, batch_size=args.batch_size,
+                                    chunk_size=args.chunk_size)
     methods = list(sensitivity.METHODS) if args.method == "all" else [args.method]
     columns = ["component", "stack", "layer", "kind", "numel", *methods]
     write_csv_atomic(args.out, table[columns])
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--data-root", default=None, help="folder holding corpora (default: $PRUNELIB_DATA)")
     se.add_argument("--batch-size", type=int, default=16, help="decoding batch for pseudo labels")
+    se.add_argument("--chunk-size", type=int, default=1,
+                    help="per-sample gradients vmapped this many at a time (1: a backward each; see bench/FISHER.md)")
     se.add_argument("--out", required=True, help="CSV file of per-component scores")
     se.set_defaults(run=_sensitivity)
     return parser

@@ -102,6 +102,29 @@ def test_fisher_and_gradient_match_brute_force(tiny_whisper):
     assert not np.allclose(scores["fisher"], scores["gradient"] ** 2)
 
 
+@pytest.mark.parametrize("chunk_size", [2, 3])
+def test_vmapped_per_sample_gradients_match_the_loop(tiny_whisper, chunk_size):
+    # Five examples of three lengths: chunks pad their decoder inputs, and 5 is not a multiple of either chunk.
+    examples = _examples(5)
+    loop = sens.measure(tiny_whisper, examples, sizes=[2], keep_per_weight=True, progress=False)
+    attention = tiny_whisper.config._attn_implementation
+    vmapped = sens.measure(tiny_whisper, examples, sizes=[2], keep_per_weight=True, progress=False, chunk_size=chunk_size)
+    assert tiny_whisper.config._attn_implementation == attention  # switched to eager only while vmapping
+    np.testing.assert_allclose(vmapped.losses, loop.losses, rtol=1e-5)
+    pd.testing.assert_frame_equal(vmapped.sq_sums, loop.sq_sums, rtol=1e-4)
+    pd.testing.assert_frame_equal(vmapped.obd_sums, loop.obd_sums, rtol=1e-4)
+    for size in (2, 5):
+        pd.testing.assert_frame_equal(sens.tensor_scores(vmapped, size), sens.tensor_scores(loop, size), rtol=1e-4)
+    for name, fisher in loop.fisher_diag.items():
+        assert torch.allclose(vmapped.fisher_diag[name], fisher, rtol=1e-4, atol=1e-12), name
+    assert all(not p.requires_grad or p.grad is None for p in tiny_whisper.parameters())
+
+
+def test_chunk_size_must_be_positive(tiny_whisper):
+    with pytest.raises(ValueError, match="chunk_size"):
+        sens.measure(tiny_whisper, _examples(2), progress=False, chunk_size=0)
+
+
 def test_linear_scores_of_any_subset(tiny_whisper):
     examples = _examples(4)
     measurement = sens.measure(tiny_whisper, examples, progress=False)
