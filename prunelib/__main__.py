@@ -10,6 +10,7 @@ import time
 from prunelib import distributed
 from prunelib.audio import AudioError
 from prunelib.corpora import CorpusError
+from prunelib.notebooks import ProfileRequirementError
 
 
 def _eval(args: argparse.Namespace) -> dict:
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         result = args.run(args)
-    except (CorpusError, AudioError, OSError, ValueError) as err:
+    except (CorpusError, AudioError, OSError, ValueError, ProfileRequirementError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     # Sharded runs merged their results already: rank 0 alone prints them.

@@ -71,6 +71,10 @@ def run_notebooks(profile: str, only: list[str] | None = None, kernel: str | Non
     return executed
 
 
+class ProfileRequirementError(RuntimeError):
+    """A profile needs something this machine lacks (a GPU, the hub)."""
+
+
 def check_requirements(profile: str, requires: dict) -> None:
     """Fail at once, naming what is missing, when a profile needs a GPU or the hub."""
     from prunelib.hub import hub_reachable
@@ -82,7 +86,8 @@ def check_requirements(profile: str, requires: dict) -> None:
         downloads = ", ".join(requires.get("downloads", []))
         missing.append(f"the Hugging Face hub, to download: {downloads}")
     if missing:
-        raise RuntimeError(f"profile {profile!r} needs " + " and ".join(missing))
+        raise ProfileRequirementError(f"profile {profile!r} needs " + " and ".join(missing)
+                                      + "; nothing was run (point data_root in the profile at local copies to skip downloads)")
 
 
 def resolve_data_root(data_root: str | None) -> Path | None:
