@@ -1,4 +1,4 @@
-"""Keep encoder outputs of a dense encoder in memory, so decoder-only prunes skip the encoder."""
+"""Keep encoder outputs in memory under a key naming the encoder's weights, so repeats skip the encoder."""
 from __future__ import annotations
 
 import os
@@ -10,11 +10,13 @@ BUDGET_ENV = "PRUNELIB_ENCODER_CACHE_GB"
 
 
 class EncoderCache:
-    """Encoder hidden states per (weights fingerprint, utterance id), bounded in bytes.
+    """Encoder hidden states per (encoder key, utterance id), bounded in bytes.
 
     Whisper's encoder always reads 30 s of padded audio and costs most of the compute of a
-    short utterance; a prune that leaves the encoder untouched gets the same hidden states,
-    so they are computed once. When the budget is full the least recently used go first.
+    short utterance; every evaluation whose encoder weights are the same (a prune that leaves
+    the encoder untouched, or the same prune under another decoding pipeline) gets the same
+    hidden states, so they are computed once. When the budget is full the least recently
+    used go first. The key is the caller's (see evaluate.encoder_key).
     """
 
     def __init__(self, max_bytes: int | None = None) -> None:

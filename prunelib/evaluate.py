@@ -43,9 +43,20 @@ class Evaluation:
 
 
 def touches_encoder(loaded: LoadedModel, spec) -> bool:
-    """Whether the prune spec changes any encoder weight (then encoder outputs cannot be reused)."""
+    """Whether the prune spec changes any encoder weight."""
     prefix = find_stacks(loaded.model)["encoder"]
     return any(name.startswith(prefix) for _, names in resolve(spec, loaded.model) for name in names)
+
+
+def encoder_key(loaded: LoadedModel, spec, importance_name: str) -> str:
+    """What the encoder's weights under `spec` depend on, as an encoder-cache key.
+
+    A prune that leaves the encoder dense shares the dense encoder's outputs; one that prunes
+    it shares them only with the same spec and importance (another decoding pipeline, say).
+    """
+    if not touches_encoder(loaded, spec):
+        return loaded.fingerprint
+    return results.cache_key(weights=loaded.fingerprint, prune=str(spec), importance=importance_name)
 
 
 def evaluation_key(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, prune: str, importance: str) -> str:
@@ -65,8 +76,8 @@ def evaluation_key(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, prun
     )
 
 
-def _decode_or_read(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, spec, final: Path, partial: Path,
-                    reuse_encoder: bool, progress: bool) -> tuple[list[dict], bool]:
+def _decode_or_read(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, final: Path, partial: Path,
+                    encoder_cache_key: str | None, progress: bool) -> tuple[list[dict], bool]:
     """Records from the final cache file, else decoded (resuming from the partial file)."""
     if final.exists():
         log.info("read cached results from %s", final)
@@ -87,8 +98,9 @@ def _decode_or_read(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, spe
         for record in batch_records:
             results.append_jsonl(partial, record)
 
-    encoder_cache = loaded.encoder_cache if reuse_encoder and not touches_encoder(loaded, spec) else None
-    new = transcribe(loaded, todo, decoding, progress=progress, on_batch=save, encoder_cache=encoder_cache) if todo else []
+    encoder_cache = loaded.encoder_cache if encoder_cache_key is not None else None
+    new = transcribe(loaded, todo, decoding, progress=progress, on_batch=save, encoder_cache=encoder_cache,
+                     encoder_key=encoder_cache_key) if todo else []
     # Merge every rank's records (no-op alone); rank 0 writes the file one process would have.
     by_id = distributed.gather_records({**done, **{r["id"]: r for r in new}})
     records = [by_id[u.id] for u in corpus.utterances]
@@ -113,8 +125,9 @@ def evaluate(
 
     Per-utterance records are cached under `cache_dir` (default <results>/cache) by model,
     weights, corpus, decoding and prune spec: a repeat call reads them instead of decoding,
-    and an interrupted run resumes where it stopped. With `reuse_encoder`, a prune that leaves
-    the encoder dense reuses encoder outputs kept in memory from earlier calls.
+    and an interrupted run resumes where it stopped. With `reuse_encoder`, encoder outputs kept
+    in memory from earlier calls are reused when the encoder's weights are the same: every
+    prune that leaves the encoder dense, and the same prune under another decoding pipeline.
     """
     spec = parse_prune_spec(prune)
     if importance is not None and importance_name == "magnitude":
@@ -133,7 +146,9 @@ def evaluate(
         log.info("read %d cached results from %s", len(records), final)
     else:
         with pruned(loaded.model, spec, importance=importance) as report:
-            records, from_cache = _decode_or_read(loaded, corpus, decoding, spec, final, partial, reuse_encoder, progress)
+            shared = encoder_key(loaded, spec, importance_name if importance is not None else "magnitude")
+            records, from_cache = _decode_or_read(loaded, corpus, decoding, final, partial,
+                                                  shared if reuse_encoder else None, progress)
         sparsity = {"sparsity": round(100 * report.overall_weights, 3),
                     "sparsity_linear": round(100 * report.overall_linear, 3)}
         results.write_json_atomic(sparsity_file, sparsity)

@@ -89,14 +89,15 @@ def _quiet_transformers():
         transformers.logging.set_verbosity(previous)
 
 
-def _cached_encoder_outputs(loaded: LoadedModel, ids: list[str], features: torch.Tensor, cache: EncoderCache) -> torch.Tensor:
+def _cached_encoder_outputs(loaded: LoadedModel, ids: list[str], features: torch.Tensor, cache: EncoderCache,
+                            encoder_key: str) -> torch.Tensor:
     """Encoder hidden states for a batch: from the cache, else computed once and stored."""
-    cached = [cache.get(loaded.fingerprint, utt_id) for utt_id in ids]
+    cached = [cache.get(encoder_key, utt_id) for utt_id in ids]
     if all(hidden is not None for hidden in cached):
         return torch.stack(cached)
     hidden = loaded.model.get_encoder()(features).last_hidden_state
     for utt_id, row in zip(ids, hidden):
-        cache.put(loaded.fingerprint, utt_id, row)
+        cache.put(encoder_key, utt_id, row)
     return hidden
 
 
@@ -118,12 +119,13 @@ def _languages(loaded: LoadedModel, kwargs: dict, count: int, **inputs) -> list[
 
 
 def _decode_short(loaded: LoadedModel, ids: list[str], arrays: list[np.ndarray], decoding: Decoding, kwargs: dict,
-                  device: torch.device, encoder_cache: EncoderCache | None) -> tuple[torch.Tensor, list, int | None]:
+                  device: torch.device, encoder_cache: EncoderCache | None, encoder_key: str
+                  ) -> tuple[torch.Tensor, list, int | None]:
     """Greedy-decode up to 30 s per utterance; the encoder runs once (or not at all, when cached)."""
     features = loaded.processor.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt")
     features = features.input_features.to(device)
     if encoder_cache is not None:
-        hidden = _cached_encoder_outputs(loaded, ids, features, encoder_cache)
+        hidden = _cached_encoder_outputs(loaded, ids, features, encoder_cache, encoder_key)
     else:
         hidden = loaded.model.get_encoder()(features).last_hidden_state
     encoder_outputs = BaseModelOutput(last_hidden_state=hidden)
@@ -172,11 +174,14 @@ def transcribe(
     progress: bool = True,
     on_batch: Callable[[list[dict]], None] | None = None,
     encoder_cache: EncoderCache | None = None,
+    encoder_key: str | None = None,
 ) -> list[dict]:
     """Transcribe utterances; one record per utterance (see prunelib.scoring for the keys).
 
     Utterances are sorted by length so batches pad little; audio over 30 s is decoded
     long-form one utterance at a time (or truncated when `decoding.long_form` is False).
+    With `encoder_cache`, encoder outputs are stored and reused under `encoder_key`, which
+    must name the encoder's current weights (default: the loaded weights' fingerprint).
     """
     model, processor = loaded.model, loaded.processor
     kwargs = generate_kwargs(loaded, decoding)
@@ -202,7 +207,8 @@ def transcribe(
                 sequences, languages, budget = _decode_long(loaded, arrays, kwargs, device)
             else:
                 sequences, languages, budget = _decode_short(
-                    loaded, [utt.id for utt, _ in batch], arrays, decoding, kwargs, device, encoder_cache)
+                    loaded, [utt.id for utt, _ in batch], arrays, decoding, kwargs, device, encoder_cache,
+                    encoder_key or loaded.fingerprint)
         elapsed = time.perf_counter() - started
         texts = processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         batch_records = []

@@ -168,6 +168,26 @@ def test_encoder_reuse_gives_identical_transcripts(tiny_en, librivox):
     assert [r["hypothesis"] for r in dense] == [r["hypothesis"] for r in transcribe(tiny_en, utterances, decoding, progress=False)]
 
 
+def test_pruned_encoder_outputs_are_shared_only_by_the_same_prune(tiny_en, librivox, tmp_path):
+    corpus = librivox.subset([u.id for u in librivox.utterances[:3]])
+    spec = "encoder.layers[-1:]=0.5"
+    tiny_en.encoder_cache.clear()
+    first = evaluate(tiny_en, corpus, Decoding(batch_size=2), prune=spec, cache_dir=tmp_path, progress=False)
+    hits = tiny_en.encoder_cache.hits
+    # Another decoding setting (so no cached transcripts), same encoder weights: the encoder is skipped.
+    other = Decoding(batch_size=2, max_tokens_per_second=20.0)
+    again = evaluate(tiny_en, corpus, other, prune=spec, cache_dir=tmp_path, progress=False)
+    assert not again.from_cache and tiny_en.encoder_cache.hits == hits + 3
+    full = evaluate(tiny_en, corpus, other, prune=spec, cache_dir=tmp_path / "fresh", progress=False,
+                    reuse_encoder=False)
+    assert [r["hypothesis"] for r in again.records] == [r["hypothesis"] for r in full.records]
+    assert [r["hypothesis"] for r in first.records] == [r["hypothesis"] for r in full.records]
+    # A different encoder prune never reads those outputs.
+    hits = tiny_en.encoder_cache.hits
+    evaluate(tiny_en, corpus, Decoding(batch_size=2), prune="encoder.layers[-1:]=0.6", cache_dir=tmp_path, progress=False)
+    assert tiny_en.encoder_cache.hits == hits
+
+
 def test_encoder_cache_budget_evicts_oldest():
     import torch
 
