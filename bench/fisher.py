@@ -9,7 +9,6 @@ Run from the repository root: `.venv/bin/python bench/fisher.py` (see bench/READ
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,19 +23,13 @@ sys.path.insert(0, str(REPO / "bench"))
 from prunelib import sensitivity as sens  # noqa: E402
 from prunelib.corpora import load_corpus  # noqa: E402
 from prunelib.models import load_model  # noqa: E402
-from run import machine, measured, mib  # noqa: E402
+from run import common_arguments, machine, measured, mib  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="openai/whisper-tiny.en", help="hub id or local folder")
-    parser.add_argument("--dataset", default="librispeech:test-other", help="NAME:SPLIT")
-    parser.add_argument("--data-root", default=os.environ.get("PRUNELIB_DATA", str(REPO.parent / "shared" / "data")))
-    parser.add_argument("--limit", type=int, default=8, help="calibration utterances (first N)")
+    parser = common_arguments(__doc__.split("\n\n")[0], "calibration utterances (first N)")
     parser.add_argument("--chunks", type=int, nargs="+", default=[4, 8], help="vmap chunk sizes to compare with the loop")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--out", default=str(REPO / "bench" / "FISHER.md"))
     return parser.parse_args(argv)
 

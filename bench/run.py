@@ -362,18 +362,24 @@ def write_report(path: Path, command: str, facts: dict, setup: dict, parts: dict
 # ---- main ---------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def common_arguments(description: str, limit_help: str) -> argparse.ArgumentParser:
+    """A parser with the options every benchmark here shares: model, audio, device and threads."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="openai/whisper-tiny.en", help="hub id or local folder")
     parser.add_argument("--dataset", default="librispeech:test-other", help="NAME:SPLIT")
     parser.add_argument("--data-root", default=os.environ.get("PRUNELIB_DATA", str(REPO.parent / "shared" / "data")))
-    parser.add_argument("--limit", type=int, default=8, help="first N utterances (small: minutes on 2 CPU cores)")
-    parser.add_argument("--configs", type=int, default=10, help="decoder-only prune configurations in (b) and (d)")
+    parser.add_argument("--limit", type=int, default=8, help=limit_help)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch-size", type=int, default=16, help="the same for every engine")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); 1 on a machine busy with other work")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = common_arguments(__doc__.split("\n\n")[0], "first N utterances (small: minutes on 2 CPU cores)")
+    parser.add_argument("--configs", type=int, default=10, help="decoder-only prune configurations in (b) and (d)")
+    parser.add_argument("--batch-size", type=int, default=16, help="the same for every engine")
     parser.add_argument("--skip-pipeline-default", action="store_true",
                         help="leave out the pipeline at its defaults (5 beams: the slowest part)")
     parser.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"))

@@ -17,9 +17,9 @@ from prunelib.transcribe import Decoding, transcribe
 __version__ = "0.1.0"
 
 __all__ = [
-    "AudioError", "Corpus", "allocation", "sensitivity", "CorpusError", "Decoding", "Evaluation", "LoadedModel", "ModelNotFoundError",
-    "Utterance", "check_parameters", "claims", "evaluate", "largest_differences", "load_corpus", "load_model",
+    "AudioError", "Corpus", "CorpusError", "Decoding", "Evaluation", "LoadedModel", "ModelNotFoundError",
+    "Utterance", "allocation", "check_parameters", "claims", "evaluate", "largest_differences", "load_corpus", "load_model",
     "normalize_text", "output_dirs", "plots", "paired_difference", "parse_prune_spec", "project_root", "prune_permanently",
-    "pruned", "read_audio", "read_jsonl", "resolve_data_root", "results_root", "score", "set_seed",
+    "pruned", "read_audio", "read_jsonl", "resolve_data_root", "results_root", "score", "sensitivity", "set_seed",
     "sparsity_report", "sweep", "transcribe", "utterance_wer", "versions", "weights_fingerprint", "write_csv_atomic", "write_jsonl_atomic",
 ]

@@ -146,9 +146,9 @@ def evaluate(
         log.info("read %d cached results from %s", len(records), final)
     else:
         with pruned(loaded.model, spec, importance=importance) as report:
-            shared = encoder_key(loaded, spec, importance_name if importance is not None else "magnitude")
-            records, from_cache = _decode_or_read(loaded, corpus, decoding, final, partial,
-                                                  shared if reuse_encoder else None, progress)
+            shared = encoder_key(loaded, spec, importance_name if importance is not None else "magnitude") \
+                if reuse_encoder else None
+            records, from_cache = _decode_or_read(loaded, corpus, decoding, final, partial, shared, progress)
         sparsity = {"sparsity": round(100 * report.overall_weights, 3),
                     "sparsity_linear": round(100 * report.overall_linear, 3)}
         results.write_json_atomic(sparsity_file, sparsity)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny randomly initialised Whisper and the shared data root."""
+"""Shared fixtures: a tiny randomly initialised Whisper, the real whisper-tiny.en, and the shared data root."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from prunelib.models import LoadedModel, ModelNotFoundError, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PRUNELIB_DATA", REPO.parent / "shared" / "data"))
@@ -52,3 +54,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def tiny_en() -> LoadedModel:
+    """The real whisper-tiny.en (offline copy or hub); tests skip when neither is there."""
+    try:
+        return load_model("openai/whisper-tiny.en")
+    except ModelNotFoundError as err:
+        pytest.skip(str(err))

@@ -12,7 +12,6 @@ import pytest
 
 from prunelib.corpora import Corpus, Utterance, load_corpus
 from prunelib.evaluate import evaluate
-from prunelib.models import ModelNotFoundError, load_model
 from prunelib.results import append_jsonl, read_jsonl
 from prunelib.scoring import normalize_text
 from prunelib.transcribe import Decoding, transcribe
@@ -20,15 +19,6 @@ from prunelib.transcribe import Decoding, transcribe
 pytestmark = pytest.mark.slow
 # `prunelib.evaluate` the attribute is the function; the module is fetched by name.
 evaluate_module = importlib.import_module("prunelib.evaluate")
-
-
-@pytest.fixture(scope="module")
-def tiny_en():
-    """The real whisper-tiny.en (offline copy or hub)."""
-    try:
-        return load_model("openai/whisper-tiny.en")
-    except ModelNotFoundError as err:
-        pytest.skip(str(err))
 
 
 @pytest.fixture

@@ -218,15 +218,11 @@ def test_stability_and_rank_agreement_tables(tiny_whisper):
 
 
 @pytest.mark.slow
-def test_teacher_forcing_reproduces_the_models_own_transcripts(shared_data, tmp_path, monkeypatch):
+def test_teacher_forcing_reproduces_the_models_own_transcripts(tiny_en, shared_data, tmp_path, monkeypatch):
     """With pseudo labels, the argmax at every scored position is the label: prompt and shift are right."""
     from prunelib.corpora import load_corpus
-    from prunelib.models import ModelNotFoundError, load_model
 
-    try:
-        loaded = load_model("openai/whisper-tiny.en")
-    except ModelNotFoundError as err:
-        pytest.skip(str(err))
+    loaded = tiny_en
     monkeypatch.setenv("PRUNELIB_RESULTS", str(tmp_path))  # pseudo labels are decoded into a throwaway cache
     corpus = load_corpus("librivox-mini:test", data_root=shared_data, limit=2)
     assert loaded.processor.tokenizer.decode(sens.prefix_ids(loaded)) == "<|startoftranscript|><|notimestamps|>"
@@ -241,14 +237,10 @@ def test_teacher_forcing_reproduces_the_models_own_transcripts(shared_data, tmp_
 
 
 @pytest.mark.slow
-def test_cached_calibrate_reads_a_finished_run(shared_data, tmp_path, monkeypatch):
+def test_cached_calibrate_reads_a_finished_run(tiny_en, shared_data, tmp_path, monkeypatch):
     from prunelib.corpora import load_corpus
-    from prunelib.models import ModelNotFoundError, load_model
 
-    try:
-        loaded = load_model("openai/whisper-tiny.en")
-    except ModelNotFoundError as err:
-        pytest.skip(str(err))
+    loaded = tiny_en
     corpus = load_corpus("librivox-mini:test", data_root=shared_data, limit=2)
     first = sens.cached_calibrate(loaded, corpus, "reference", seed=0, sizes=[1], cache_dir=tmp_path, progress=False)
     assert sorted(first["size"].unique()) == [1, 2] and len(list(tmp_path.glob("*.csv"))) == 1
