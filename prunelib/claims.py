@@ -90,6 +90,17 @@ def judge_near(row: pd.Series) -> str:
     return "inconclusive at this n"
 
 
+def hurt_more(table: pd.DataFrame, row: pd.Series) -> str:
+    """How many of the swept groups lose more WER than `row`'s at its sparsity, as text.
+
+    "Fragile" is relative: an interval above zero says pruning hurts, not that this group
+    hurts more than the others. The count puts the verdict beside the rest of the sweep.
+    """
+    same = table[(table["spec"] != "dense") & ((table["requested_sparsity"] - row["requested_sparsity"]).abs() < 1e-9)]
+    worse = int((same["delta_wer"] > row["delta_wer"]).sum())
+    return f"{worse} of {len(same)} swept groups hurt more"
+
+
 def ablation_claims(ablation: pd.DataFrame, model: str) -> list[Verdict]:
     """The three component claims, under every pipeline in the 03 ablation table."""
     verdicts = []
@@ -103,13 +114,14 @@ def ablation_claims(ablation: pd.DataFrame, model: str) -> list[Verdict]:
             row = _nearest(table, component, 0.5)
             if row is None:
                 continue
+            ours = f"{dense['wer']:.2f} -> {row['wer']:.2f} at {row['requested_sparsity']:.0%}"
             if kind == "worse":
                 verdict, paper = judge_worse(row), "fragile"
+                ours += f" ({hurt_more(table, row)})"
             else:
                 verdict = judge_improves(row, dense["wer"], PAPER[claim])
                 paper = f"{PAPER_DENSE:.2f} -> {PAPER[claim]:.2f}"
-            verdicts.append(Verdict(claim, paper, f"{dense['wer']:.2f} -> {row['wer']:.2f} at {row['requested_sparsity']:.0%}",
-                                    _interval(row), setting, verdict, RULES[kind]))
+            verdicts.append(Verdict(claim, paper, ours, _interval(row), setting, verdict, RULES[kind]))
     return verdicts
 
 

@@ -46,4 +46,18 @@ def test_claims_table_reads_ablation_and_reports_missing(tmp_path):
     table = claims.claims_table(tmp_path, "tiny")
     verdicts = dict(zip(table["claim"], table["verdict"]))
     assert verdicts == {"decoder FFN fragile": "replicated", "decoder self-attn 50% improves": "replicated"}
+    # "fragile" is put beside the rest of the sweep: one of the two pruned groups here hurts less, none more
+    assert table.set_index("claim").loc["decoder FFN fragile", "ours"] == "10.00 -> 30.00 at 50% (0 of 2 swept groups hurt more)"
     assert table.attrs["missing"] == ["04_results.csv", "05_cross_dataset.csv"]
+
+
+def test_hurt_more_counts_only_groups_at_the_same_sparsity():
+    table = pd.DataFrame([
+        {"component": "dense", "spec": "dense", "requested_sparsity": 0.0, "delta_wer": 0.0},
+        {"component": "decoder FFN", "spec": "decoder.ffn=0.5", "requested_sparsity": 0.5, "delta_wer": 4.0},
+        {"component": "encoder FFN", "spec": "encoder.ffn=0.5", "requested_sparsity": 0.5, "delta_wer": 30.0},
+        {"component": "conv", "spec": "encoder.conv=0.5", "requested_sparsity": 0.5, "delta_wer": -0.1},
+        {"component": "encoder FFN", "spec": "encoder.ffn=0.7", "requested_sparsity": 0.7, "delta_wer": 90.0},
+    ])
+    assert claims.hurt_more(table, table.iloc[1]) == "1 of 3 swept groups hurt more"
+    assert claims.hurt_more(table, table.iloc[2]) == "0 of 3 swept groups hurt more"
