@@ -46,7 +46,7 @@ def test_claims_table_reads_ablation_and_reports_missing(tmp_path):
     table = claims.claims_table(tmp_path, "tiny")
     verdicts = dict(zip(table["claim"], table["verdict"]))
     assert verdicts == {"decoder FFN fragile": "replicated", "decoder self-attn 50% improves": "replicated"}
-    # "fragile" is put beside the rest of the sweep: one of the two pruned groups here hurts less, none more
+    # "fragile" is put beside the rest of the sweep: of the two pruned groups (itself included) none hurts more
     assert table.set_index("claim").loc["decoder FFN fragile", "ours"] == "10.00 -> 30.00 at 50% (0 of 2 swept groups hurt more)"
     assert table.attrs["missing"] == ["04_results.csv", "05_cross_dataset.csv"]
 
