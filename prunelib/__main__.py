@@ -1,4 +1,4 @@
-"""Command line: `python -m prunelib eval|notebooks ...`."""
+"""Command line: `python -m prunelib eval|notebooks|sensitivity|export ...`."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +72,35 @@ def _sensitivity(args: argparse.Namespace) -> dict:
             "out": args.out, "seconds": round(time.perf_counter() - started, 2)}
 
 
+def _export(args: argparse.Namespace) -> dict:
+    """Allocate a target sparsity, prune a copy of the model and save it with its sparsity report."""
+    from prunelib import export
+    from prunelib.corpora import load_corpus
+    from prunelib.models import load_model
+
+    if not 0 < args.target < 1:
+        raise ValueError(f"--target must lie in (0, 1), got {args.target}")
+    started = time.perf_counter()
+    loaded = load_model(args.model)
+    calibration = None
+    if args.allocator in export.NEEDS_ACTIVATIONS:
+        corpus = load_corpus(args.dataset, data_root=args.data_root)
+        calibration = export.calibration_pool(corpus, args.split, args.calibration_speakers, args.seed)
+    scores = None
+    if args.allocator.startswith("sensitivity-"):
+        if not args.scores:
+            raise ValueError(f"{args.allocator} needs --scores (notebook 02's or `prunelib sensitivity`'s CSV)")
+        scores = export.component_scores(args.scores, loaded.name)
+    allocation, report = export.export_allocation(loaded, args.allocator, args.target, args.out,
+                                                  calibration=calibration, scores=scores, seed=args.seed,
+                                                  cap=args.cap)
+    return {"model": args.model, "allocator": allocation.name, "target": args.target,
+            "calibration_utterances": len(calibration) if calibration is not None else 0,
+            "sparsity_linear": round(100 * report.overall_linear, 3),
+            "sparsity": round(100 * report.overall_weights, 3), "out": args.out,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m prunelib", description=__doc__)
@@ -114,6 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="per-sample gradients vmapped this many at a time (1: a backward each; see bench/FISHER.md)")
     se.add_argument("--out", required=True, help="CSV file of per-component scores")
     se.set_defaults(run=_sensitivity)
+
+    ex = sub.add_parser("export", help="prune a copy of a model by one allocator at a target sparsity and save it")
+    ex.add_argument("--model", required=True, help="hub id (openai/whisper-base) or local folder")
+    ex.add_argument("--allocator", required=True, help="global+embed | global | uniform | random | wanda | owl | "
+                    "sensitivity-fisher | sensitivity-gradient | paper")
+    ex.add_argument("--target", type=float, required=True, help="sparsity over the prunable linear weights, e.g. 0.4")
+    ex.add_argument("--out", required=True, help="folder to save_pretrained into (replaced if present)")
+    ex.add_argument("--dataset", default="librispeech:test-other",
+                    help="calibration corpus NAME:SPLIT (wanda, owl)")
+    ex.add_argument("--split", default=None,
+                    help="notebook 02's 02_calibration.csv: calibrate on its utterances (default: draw speakers)")
+    ex.add_argument("--calibration-speakers", type=int, default=4, help="speakers drawn by --seed when no --split")
+    ex.add_argument("--scores", default=None, help="per-component scores CSV (sensitivity-fisher, -gradient)")
+    ex.add_argument("--cap", type=float, default=0.7, help="no component beyond this (sensitivity allocators)")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--data-root", default=None, help="folder holding corpora (default: $PRUNELIB_DATA)")
+    ex.set_defaults(run=_export)
     return parser
 
 

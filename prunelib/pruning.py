@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -357,12 +358,21 @@ def prune_permanently(model: nn.Module, spec: PruneSpec | str,
 
 def export_pruned(model: nn.Module, processor: Any, out_dir: str | Path,
                   report: SparsityReport | None = None) -> Path:
-    """save_pretrained the model (and processor) and write sparsity_report.json beside it."""
+    """save_pretrained the model (and processor) and write sparsity_report.json beside it.
+
+    Written into a sibling folder first and moved into place at the end, so an interrupted export
+    never leaves a half-written model where a later notebook would load it.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(partial)
     if processor is not None:
-        processor.save_pretrained(out)
+        processor.save_pretrained(partial)
     report = report if report is not None else sparsity_report(model)
-    (out / "sparsity_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    (partial / "sparsity_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
     return out

@@ -324,6 +324,16 @@ def test_export_reload_round_trip(tiny_whisper, tmp_path):
     assert sparsity_report(reloaded).overall_weights == pytest.approx(report.overall_weights)
 
 
+def test_export_replaces_an_earlier_export_and_leaves_no_partial_folder(tiny_whisper, tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older export")
+    export_pruned(tiny_whisper, None, out)
+    assert not (out / "stale.txt").exists()
+    assert (out / "sparsity_report.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
 def test_paper_denominator_counts_tied_tensor_once(tiny_whisper):
     report = prune_permanently(tiny_whisper, "decoder.embed=0.5")
     unique = {n: p for n, p in tiny_whisper.named_parameters() if "weight" in n}

@@ -1,0 +1,81 @@
+"""Exporting one allocation: calibration split, score files, the saved model and the CLI's errors."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from transformers import WhisperForConditionalGeneration
+
+from prunelib import export
+from prunelib.__main__ import main
+from prunelib.corpora import load_corpus
+from prunelib.models import weights_fingerprint
+from prunelib.pruning import sparsity_report
+
+
+@pytest.fixture
+def librivox(shared_data):
+    return load_corpus("librivox-mini:test", data_root=shared_data)
+
+
+def test_calibration_pool_reads_the_split_file(librivox, tmp_path):
+    ids = [u.id for u in librivox.utterances]
+    split = tmp_path / "02_calibration.csv"
+    pd.DataFrame({"id": ids, "dataset": librivox.name,
+                  "role": ["calibration", "calibration", "evaluation", "evaluation", "evaluation"]}).to_csv(split)
+    assert [u.id for u in export.calibration_pool(librivox, split).utterances] == ids[:2]
+
+
+def test_calibration_pool_rejects_another_corpus_split(librivox, tmp_path):
+    split = tmp_path / "02_calibration.csv"
+    pd.DataFrame({"id": ["a"], "dataset": ["earnings22:test"], "role": ["calibration"]}).to_csv(split)
+    with pytest.raises(ValueError, match="earnings22:test, not librivox-mini:test"):
+        export.calibration_pool(librivox, split)
+
+
+def test_component_scores_keep_one_model_and_the_largest_size(tmp_path):
+    rows = [{"model": model, "component": f"decoder.layers[{layer}].ffn", "stack": "decoder", "layer": layer,
+             "kind": "ffn", "numel": 10, "labels": "reference", "seed": 0, "size": size, "fisher": size + layer}
+            for model in ("a", "b") for layer in (0, 1) for size in (4, 8)]
+    rows.append({**rows[0], "component": "decoder.embed", "layer": None, "kind": "embed"})
+    path = tmp_path / "scores.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    table = export.component_scores(path, "b")
+    assert list(table.index) == ["decoder.layers[0].ffn", "decoder.layers[1].ffn"]
+    assert table["fisher"].tolist() == [8, 9]
+    with pytest.raises(ValueError, match="no per-layer component scores for c"):
+        export.component_scores(path, "c")
+
+
+def test_wanda_export_restores_the_model_and_reloads_at_the_target(tiny_en, librivox, tmp_path):
+    before = weights_fingerprint(tiny_en.model)
+    calibration = export.calibration_pool(librivox, n_speakers=1, seed=0)
+    allocation, report = export.export_allocation(tiny_en, "wanda", 0.3, tmp_path / "wanda_30", calibration)
+    assert weights_fingerprint(tiny_en.model) == before
+    assert allocation.importance_name != "magnitude"  # activation-weighted, not plain magnitude
+    reloaded = WhisperForConditionalGeneration.from_pretrained(tmp_path / "wanda_30")
+    assert sparsity_report(reloaded).overall_linear == pytest.approx(0.3, abs=1e-3)
+    saved = json.loads((tmp_path / "wanda_30" / "sparsity_report.json").read_text())
+    assert saved["overall_linear"] == pytest.approx(report.overall_linear)
+
+
+def test_cli_exports_a_magnitude_allocation(tiny_en, tmp_path, capsys):
+    out = tmp_path / "global_20"
+    assert main(["-q", "export", "--model", "openai/whisper-tiny.en", "--allocator", "global", "--target", "0.2",
+                 "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["sparsity_linear"] == pytest.approx(20.0, abs=0.1)
+    assert result["calibration_utterances"] == 0  # magnitude allocators read no audio
+    assert (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--allocator", "sensitivity-fisher", "--target", "0.4"], "needs --scores"),
+    (["--allocator", "magic", "--target", "0.4"], "unknown allocator 'magic'"),
+    (["--allocator", "global", "--target", "1.5"], "--target must lie in"),
+])
+def test_cli_export_errors_are_named(tiny_en, tmp_path, capsys, args, message):
+    assert main(["export", "--model", "openai/whisper-tiny.en", "--out", str(tmp_path / "x"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
