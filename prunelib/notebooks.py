@@ -5,6 +5,7 @@ import logging
 import os
 import platform
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,12 +64,21 @@ def run_notebooks(profile: str, only: list[str] | None = None, kernel: str | Non
         parameters = parameters_for(notebook, profile, profile_data)
         output = out_dir / notebook.name
         log.info("running %s with %s", notebook.name, parameters)
+        started = time.perf_counter()
         papermill.execute_notebook(
             str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
             kernel_name=kernel or "python3", progress_bar=True, log_output=False,
         )
+        log.info("%s finished in %s", notebook.name, _duration(time.perf_counter() - started))
         executed.append(output)
     return executed
+
+
+def _duration(seconds: float) -> str:
+    """'1 h 50 min 32 s' style, as the README quotes run times."""
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return " ".join(f"{value} {unit}" for value, unit in ((hours, "h"), (minutes, "min"), (secs, "s")) if value) or "0 s"
 
 
 class ProfileRequirementError(RuntimeError):

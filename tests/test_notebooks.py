@@ -40,3 +40,8 @@ def test_unmet_profile_requirements_fail_at_once_naming_the_downloads(monkeypatc
 def test_unknown_profile_names_the_known_ones():
     with pytest.raises(ValueError, match="known: default, paper, smoke"):
         notebooks.load_profile("nosuch")
+
+
+@pytest.mark.parametrize("seconds, text", [(6632.4, "1 h 50 min 32 s"), (3600, "1 h"), (59.6, "1 min"), (0.2, "0 s")])
+def test_durations_read_as_the_readme_quotes_them(seconds, text):
+    assert notebooks._duration(seconds) == text
