@@ -3,7 +3,7 @@
 Notebooks use `import prunelib as pl`; the names below are the public interface.
 """
 from prunelib import allocation, claims, plots, sensitivity, sweep
-from prunelib.analysis import largest_differences, utterance_wer
+from prunelib.analysis import largest_differences, single_utterance_share, utterance_wer
 from prunelib.audio import AudioError, read_audio
 from prunelib.corpora import Corpus, CorpusError, Utterance, load_corpus
 from prunelib.evaluate import Evaluation, evaluate, project_root, results_root
@@ -21,5 +21,6 @@ __all__ = [
     "Utterance", "allocation", "check_parameters", "claims", "evaluate", "largest_differences", "load_corpus", "load_model",
     "normalize_text", "output_dirs", "plots", "paired_difference", "parse_prune_spec", "project_root", "prune_permanently",
     "pruned", "read_audio", "read_jsonl", "resolve_data_root", "results_root", "score", "sensitivity", "set_seed",
+    "single_utterance_share",
     "sparsity_report", "sweep", "transcribe", "utterance_wer", "versions", "weights_fingerprint", "write_csv_atomic", "write_jsonl_atomic",
 ]

@@ -43,3 +43,23 @@ def largest_differences(
         return frame
     frame = frame.reindex(frame["extra_errors"].abs().sort_values(ascending=False, kind="stable").index)
     return frame.head(top).reset_index(drop=True)
+
+
+def single_utterance_share(dense_records: Sequence[Mapping], records: Sequence[Mapping]) -> dict:
+    """How much of a WER change one utterance carries.
+
+    The utterance whose error count moved most against dense, the points of corpus WER it alone
+    adds (negative: it removes them), and the change measured without it. A "gain" that flips sign
+    without one utterance is that utterance's story, not the model's.
+    """
+    dense, other = utterance_wer(dense_records), utterance_wer(records)
+    shared = dense.index.intersection(other.index)
+    if shared.empty:
+        return {"top_utterance": None, "top_points": float("nan"), "delta_without_top": float("nan")}
+    dense, other = dense.loc[shared], other.loc[shared]
+    extra = other["errors"] - dense["errors"]
+    top = extra.abs().idxmax()
+    words = dense["ref_words"].sum()
+    rest = words - dense.at[top, "ref_words"]
+    return {"top_utterance": top, "top_points": 100.0 * extra[top] / words,
+            "delta_without_top": 100.0 * (extra.sum() - extra[top]) / rest if rest else float("nan")}

@@ -147,11 +147,11 @@ def allocation_claims(results_04: pd.DataFrame, model: str, target: float = 0.4)
     return verdicts
 
 
-def cross_dataset_claim(cross: pd.DataFrame, system: str = "decoder self-attn 50%") -> list[Verdict]:
+def cross_dataset_claim(cross: pd.DataFrame, model: str, system: str = "decoder self-attn 50%") -> list[Verdict]:
     """Gains of `system` persist on every corpus other than the first (per pipeline)."""
     verdicts = []
     for language, table in cross[cross["system"] == system].groupby("language", sort=False):
-        others = table.iloc[1:] if len(table) > 1 else table.iloc[0:0]
+        first, others = table.iloc[0], table.iloc[1:]
         if others.empty:
             continue
         if (others["delta_hi"] < 0).all():
@@ -160,10 +160,14 @@ def cross_dataset_claim(cross: pd.DataFrame, system: str = "decoder self-attn 50
             verdict = "not replicated"
         else:
             verdict = "inconclusive at this n"
-        ours = "; ".join(f"{r.dataset}: {r.delta_wer:+.2f}" for r in others.itertuples())
+        # The corpus the recipe came from is shown beside the others: a "gain" can only persist if it exists.
+        ours = ("; ".join(f"{r.dataset}: {r.delta_wer:+.2f}" for r in others.itertuples())
+                + f" (on {first['dataset']}: {first['delta_wer']:+.2f})")
         intervals = "; ".join(f"[{r.delta_lo:+.2f}, {r.delta_hi:+.2f}]" for r in others.itertuples())
+        sizes = "; ".join(str(int(n)) for n in others["n"])
         verdicts.append(Verdict(f"gains persist across corpora ({system})", "TED-LIUM -0.64, Common Voice -2.54",
-                                ours, intervals, f"pipeline '{language}'", verdict, RULES["persists"]))
+                                ours, intervals, f"{model}, pipeline '{language}', n = {sizes}", verdict,
+                                RULES["persists"]))
     return verdicts
 
 
@@ -172,7 +176,7 @@ def claims_table(summaries: Path, model: str) -> pd.DataFrame:
     verdicts: list[Verdict] = []
     sources = {"03_ablation.csv": lambda t: ablation_claims(t, model),
                "04_results.csv": lambda t: allocation_claims(t, model),
-               "05_cross_dataset.csv": cross_dataset_claim}
+               "05_cross_dataset.csv": lambda t: cross_dataset_claim(t, model)}
     missing = []
     for name, judge in sources.items():
         path = Path(summaries) / name

@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures are written to files; no display is needed (or present in CI)
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
 PIPELINE_LABELS = {"en": "standard\n(English forced)", "auto": "paper's\n(language detected)"}
@@ -261,11 +262,16 @@ def plot_cross_dataset(table: pd.DataFrame, path: str | Path) -> Path:
             ax.errorbar(x, part["delta_wer"], yerr=yerr, fmt="o", capsize=4, label=system)
         ax.axhline(0, color="grey", lw=1)
         ax.set_yscale("symlog", linthresh=5)
-        labels = [f"{d}\nn = {int(rows[rows['dataset'] == d]['n'].iloc[0])}" for d in datasets]
+        # Signed plain numbers read better than the symlog default of "10^0" and "-10^1" for points of WER.
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:+g}" if value else "0"))
+        dense = table[(table["system"] == "dense") & (table["language"] == language)].set_index("dataset")
+        # The dense WER under each corpus: a change of +5 points means little on a corpus already at 60.
+        labels = [f"{d}\nn = {int(rows[rows['dataset'] == d]['n'].iloc[0])}"
+                  + (f", dense {dense.loc[d, 'wer']:.1f}" if d in dense.index else "") for d in datasets]
         ax.set_xticks(range(len(datasets)), labels, fontsize=8)
         ax.set_title(f"pipeline '{language}'")
     axes[0][0].set_ylabel("WER change vs dense (points, symlog above 5)")
-    axes[0][-1].legend(fontsize=7, frameon=False)
+    axes[0][-1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.suptitle("do the effects of pruning carry to other speech? (paired 95% intervals)")
     fig.tight_layout()
     return save(fig, path)

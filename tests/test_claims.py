@@ -61,3 +61,21 @@ def test_hurt_more_counts_only_groups_at_the_same_sparsity():
     ])
     assert claims.hurt_more(table, table.iloc[1]) == "1 of 3 swept groups hurt more"
     assert claims.hurt_more(table, table.iloc[2]) == "0 of 3 swept groups hurt more"
+
+
+@pytest.mark.parametrize("others, expected", [
+    ([(-3.0, -0.5), (-2.0, -0.1)], "replicated"),              # a gain on every other corpus
+    ([(-3.0, -0.5), (0.4, 2.0)], "not replicated"),             # a loss on one of them
+    ([(-3.0, -0.5), (-1.0, 1.0)], "inconclusive at this n"),    # one interval spans zero
+])
+def test_gains_persist_across_corpora(others, expected):
+    system = "decoder self-attn 50%"
+    rows = [{"system": system, "dataset": "librispeech", "language": "en", "n": 125,
+             "delta_wer": -1.0, "delta_lo": -2.0, "delta_hi": -0.1}]
+    rows += [{"system": system, "dataset": f"corpus{i}", "language": "en", "n": 100,
+              "delta_wer": (lo + hi) / 2, "delta_lo": lo, "delta_hi": hi} for i, (lo, hi) in enumerate(others)]
+    rows.append({**rows[1], "system": "other system", "delta_lo": 5.0, "delta_hi": 9.0})  # judged apart
+    verdicts = claims.cross_dataset_claim(pd.DataFrame(rows), "tiny", system)
+    assert [v.verdict for v in verdicts] == [expected]
+    assert verdicts[0].ours.endswith("(on librispeech: -1.00)")  # the source corpus is shown, not judged
+    assert verdicts[0].setting == "tiny, pipeline 'en', n = 100; 100"
