@@ -364,6 +364,10 @@ def export_pruned(model: nn.Module, processor: Any, out_dir: str | Path,
     never leaves a half-written model where a later notebook would load it.
     """
     out = Path(out_dir)
+    # Only an earlier export is replaced: a mistyped --out must never delete someone's folder.
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "sparsity_report.json").exists())):
+        raise ValueError(f"{out} exists and is not an earlier export (no sparsity_report.json): "
+                         "choose a new or empty folder")
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)

@@ -325,13 +325,19 @@ def test_export_reload_round_trip(tiny_whisper, tmp_path):
 
 
 def test_export_replaces_an_earlier_export_and_leaves_no_partial_folder(tiny_whisper, tmp_path):
-    out = tmp_path / "export"
-    out.mkdir()
+    out = export_pruned(tiny_whisper, None, tmp_path / "export")
     (out / "stale.txt").write_text("from an older export")
     export_pruned(tiny_whisper, None, out)
     assert not (out / "stale.txt").exists()
     assert (out / "sparsity_report.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_export_refuses_to_replace_a_folder_that_is_not_an_export(tiny_whisper, tmp_path):
+    (tmp_path / "notes.txt").write_text("someone's work")
+    with pytest.raises(ValueError, match="not an earlier export"):
+        export_pruned(tiny_whisper, None, tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "someone's work"
 
 
 def test_paper_denominator_counts_tied_tensor_once(tiny_whisper):
