@@ -75,6 +75,7 @@ def _sensitivity(args: argparse.Namespace) -> dict:
 def _export(args: argparse.Namespace) -> dict:
     """Allocate a target sparsity, prune a copy of the model and save it with its sparsity report."""
     from prunelib import export
+    from prunelib.allocation import NEEDS_NORMS
     from prunelib.corpora import load_corpus
     from prunelib.models import load_model
 
@@ -83,7 +84,7 @@ def _export(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     loaded = load_model(args.model)
     calibration = None
-    if args.allocator in export.NEEDS_ACTIVATIONS:
+    if args.allocator in NEEDS_NORMS:
         corpus = load_corpus(args.dataset, data_root=args.data_root)
         calibration = export.calibration_pool(corpus, args.split, args.calibration_speakers, args.seed)
     scores = None

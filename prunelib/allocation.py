@@ -30,12 +30,16 @@ import pandas as pd
 import torch
 from torch import nn
 
+from prunelib import sensitivity as sens
 from prunelib.components import TensorInfo, list_components, num_layers
+from prunelib.corpora import Corpus
+from prunelib.models import LoadedModel
 from prunelib.pruning import SparsityReport, parse_prune_spec, pruned
 
 ALLOCATORS = ("global+embed", "global", "uniform", "random", "wanda", "owl",
               "sensitivity-fisher", "sensitivity-gradient", "paper")
 MATCHED = tuple(name for name in ALLOCATORS if name != "paper")  # hit the requested target
+NEEDS_NORMS = ("wanda", "owl")  # read input-activation norms of calibration audio
 SCORE_METHODS = ("fisher", "gradient")  # component scores the sensitivity-aware allocator understands
 
 # The paper's final "sensitivity-aware" table (pruning_and_storing_as_sparse.py), per matrix.
@@ -269,6 +273,21 @@ def collect_input_norms(model: nn.Module, batches: Iterable[Mapping[str, torch.T
     return {name: total.sqrt().float() for name, total in sums.items()}
 
 
+def calibration_norms(loaded: LoadedModel, calibration: Corpus) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """`collect_input_norms` over `calibration`, one teacher-forced pass per utterance, and the ids skipped.
+
+    The decoder input is each utterance's sentence-cased reference; utterances over 30 s or
+    unreadable are skipped, as in the sensitivity scores.
+    """
+    texts = sens.label_texts(loaded, calibration, "reference")
+    examples, skipped = sens.calibration_examples(loaded, calibration, texts)
+    if not examples:
+        raise ValueError(f"no usable calibration utterance in {calibration.name} (all over 30 s or unreadable)")
+    batches = [{"input_features": e.input_features[None], "decoder_input_ids": e.decoder_input_ids[None]}
+               for e in examples]
+    return collect_input_norms(loaded.model, batches), skipped
+
+
 def _row_ranks(score: torch.Tensor) -> torch.Tensor:
     """Rank of each entry within its row (0 = smallest), as float scores."""
     order = torch.argsort(score, dim=1, stable=True)
@@ -385,7 +404,7 @@ def allocate(name: str, model: nn.Module, target: float, scores: pd.DataFrame | 
         return random_allocation(model, target, seed)
     if name == "paper":
         return paper_schedule(model)
-    if name in ("wanda", "owl"):
+    if name in NEEDS_NORMS:
         if norms is None:
             raise ValueError(f"{name} needs input-activation norms (collect_input_norms)")
         if name == "wanda":

@@ -11,8 +11,6 @@ from prunelib.corpora import Corpus
 from prunelib.models import LoadedModel
 from prunelib.pruning import SparsityReport, export_pruned, pruned
 
-NEEDS_ACTIVATIONS = ("wanda", "owl")  # allocators that read input-activation norms of calibration audio
-
 
 def calibration_pool(corpus: Corpus, split_file: str | Path | None = None, n_speakers: int = 4,
                      seed: int = 0) -> Corpus:
@@ -35,8 +33,8 @@ def calibration_pool(corpus: Corpus, split_file: str | Path | None = None, n_spe
 def component_scores(scores_file: str | Path, model_name: str | None = None) -> pd.DataFrame:
     """Per-component sensitivity scores (notebook 02's or `prunelib sensitivity`'s CSV), indexed by component.
 
-    Notebook 02's file holds several label choices, seeds and sizes: pass one model's rows with the
-    largest calibration size and reference labels, as notebook 04 does.
+    Notebook 02's file holds several label choices, seeds and sizes: one model's rows with reference
+    labels, the smallest seed and the largest calibration size are kept (notebook 04's choice at seed 0).
     """
     table = pd.read_csv(scores_file)
     if model_name is not None and "model" in table:
@@ -66,16 +64,10 @@ def export_allocation(loaded: LoadedModel, allocator: str, target: float, out_di
     if allocator not in alloc.ALLOCATORS:
         raise ValueError(f"unknown allocator {allocator!r}; known: {', '.join(alloc.ALLOCATORS)}")
     norms = wanda_scores = None
-    if allocator in NEEDS_ACTIVATIONS:
+    if allocator in alloc.NEEDS_NORMS:
         if calibration is None or len(calibration) == 0:
             raise ValueError(f"{allocator} needs calibration utterances for its activation norms")
-        texts = sens.label_texts(loaded, calibration, "reference")
-        examples, _ = sens.calibration_examples(loaded, calibration, texts)
-        if not examples:
-            raise ValueError(f"no usable calibration utterance in {calibration.name} (all over 30 s or unreadable)")
-        batches = [{"input_features": e.input_features[None], "decoder_input_ids": e.decoder_input_ids[None]}
-                   for e in examples]
-        norms = alloc.collect_input_norms(loaded.model, batches)
+        norms, _ = alloc.calibration_norms(loaded, calibration)
         wanda_scores = alloc.wanda_importance(loaded.model, norms)
     allocation = alloc.allocate(allocator, loaded.model, target, scores=scores, norms=norms, seed=seed, cap=cap,
                                 owl_lambda=owl_lambda, owl_outlier=owl_outlier, wanda_scores=wanda_scores)
