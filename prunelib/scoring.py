@@ -3,9 +3,13 @@
 Both sides go through Whisper's English text normaliser; word and character
 edit operations come from jiwer. Corpus rates are total errors over total
 reference units, reported in percent, with 95% percentile bootstrap intervals
-that resample speaker blocks when speakers are known (utterances from one
-speaker are correlated, so resampling them independently would understate the
-uncertainty). Records whose audio could not be read (`error` key) and records
+that resample speaker blocks when at least MIN_SPEAKER_BLOCKS speakers are known
+(utterances from one speaker are correlated, so resampling them independently
+would understate the uncertainty), and utterances otherwise: a block bootstrap
+over one or a few speakers is degenerate (one speaker: every resample is the
+whole corpus, a zero-width interval) or unstable. `ci_unit` says which was used.
+Fewer than two resampling units give no interval at all (NaN), never a zero-width
+one. Records whose audio could not be read (`error` key) and records
 whose reference is empty after normalisation are skipped and counted.
 """
 from __future__ import annotations
@@ -23,6 +27,11 @@ COUNT_COLUMNS = [
     "id", "speaker", "ref_words", "hyp_words", "hits", "substitutions",
     "insertions", "deletions", "ref_chars", "char_errors",
 ]
+
+# Fewer speakers than this and the block bootstrap has too few blocks to say anything
+# (one speaker: a single block, so every resample is the corpus itself); utterances are
+# resampled instead. Ten is a common floor for cluster resampling, not a tuned number.
+MIN_SPEAKER_BLOCKS = 10
 
 # Bound the size of one (draws x blocks) index matrix so thousands of
 # utterances times thousands of draws do not need gigabytes at once.
@@ -131,23 +140,26 @@ def utterance_counts(records: Iterable[Mapping]) -> pd.DataFrame:
     return _counts_frame(scorable)
 
 
-def _blocks(counts_df: pd.DataFrame, by_speaker: bool) -> np.ndarray:
-    """Resampling block label per row: the speaker when known, else the utterance itself."""
+def resampling_unit(counts_df: pd.DataFrame, by_speaker: bool = True) -> str:
+    """'speaker' when speaker blocks are asked for and at least MIN_SPEAKER_BLOCKS speakers are known, else 'utterance'."""
+    if by_speaker and counts_df["speaker"].dropna().nunique() >= MIN_SPEAKER_BLOCKS:
+        return "speaker"
+    return "utterance"
+
+
+def _blocks(counts_df: pd.DataFrame, unit: str) -> np.ndarray:
+    """Resampling block label per row: the speaker (unit 'speaker'), else the utterance itself."""
     ids = counts_df["id"].astype(str).to_numpy()
-    if not by_speaker:
-        return ids
-    speakers = counts_df["speaker"]
-    if speakers.isna().all():
+    if unit == "utterance":
         return ids
     # An utterance without a speaker is its own block, kept apart from speaker names.
-    known = speakers.notna().to_numpy()
-    labels = np.where(known, "spk:" + speakers.astype(str).to_numpy(), "utt:" + ids)
-    return labels
+    known = counts_df["speaker"].notna().to_numpy()
+    return np.where(known, "spk:" + counts_df["speaker"].astype(str).to_numpy(), "utt:" + ids)
 
 
-def _block_sums(counts_df: pd.DataFrame, columns: list[str], by_speaker: bool) -> np.ndarray:
+def _block_sums(counts_df: pd.DataFrame, columns: list[str], unit: str) -> np.ndarray:
     """Column sums per resampling block, shape (n_blocks, len(columns))."""
-    labels = _blocks(counts_df, by_speaker)
+    labels = _blocks(counts_df, unit)
     _, inverse = np.unique(labels, return_inverse=True)
     values = counts_df[columns].to_numpy(dtype=np.float64)
     sums = np.zeros((inverse.max() + 1, len(columns)))
@@ -167,8 +179,10 @@ def _resampled_sums(block_sums: np.ndarray, n_boot: int, seed: int) -> np.ndarra
     return np.concatenate(parts, axis=0)
 
 
-def _interval(values: np.ndarray, level: float) -> list[float]:
-    """The central percentile interval of `values` at `level`."""
+def _interval(values: np.ndarray, level: float, n_blocks: int) -> list[float]:
+    """The central percentile interval of `values` at `level`; NaN when fewer than two blocks were resampled."""
+    if n_blocks < 2:
+        return [math.nan, math.nan]
     tail = 100.0 * (1.0 - level) / 2.0
     lo, hi = np.percentile(values, [tail, 100.0 - tail])
     return [float(lo), float(hi)]
@@ -182,14 +196,17 @@ _MEASURES = {
 
 def bootstrap_ci(counts_df: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
                  by_speaker: bool = True, level: float = 0.95, measure: str = "wer") -> list[float]:
-    """Percentile bootstrap interval [lo, hi] in percent for the corpus WER (or CER)."""
+    """Percentile bootstrap interval [lo, hi] in percent for the corpus WER (or CER).
+
+    Resamples speakers or utterances as `resampling_unit` decides; [nan, nan] for one utterance.
+    """
     if len(counts_df) == 0:
         raise ValueError("bootstrap_ci needs at least one scorable utterance")
     error_columns, total_column = _MEASURES[measure]
-    sums = _block_sums(counts_df, error_columns + [total_column], by_speaker)
+    sums = _block_sums(counts_df, error_columns + [total_column], resampling_unit(counts_df, by_speaker))
     sums = np.column_stack([sums[:, :-1].sum(axis=1), sums[:, -1]])
     totals = _resampled_sums(sums, n_boot, seed)
-    return _interval(100.0 * totals[:, 0] / totals[:, 1], level)
+    return _interval(100.0 * totals[:, 0] / totals[:, 1], level, len(sums))
 
 
 def _total_seconds(records: list[Mapping], key: str) -> float:
@@ -216,7 +233,7 @@ def score(records: Iterable[Mapping], n_boot: int = 1000, seed: int = 0) -> dict
         "n_empty_reference": n_empty,
         "n_failed": n_failed,
         "n_speakers": int(counts["speaker"].nunique()) if speakers_known else None,
-        "ci_unit": "speaker" if speakers_known else "utterance",
+        "ci_unit": resampling_unit(counts),
         "wer": 100.0 * (subs + ins + dels) / ref_words,
         "wer_ci95": bootstrap_ci(counts, n_boot=n_boot, seed=seed, measure="wer"),
         "cer": 100.0 * char_errors / ref_chars,
@@ -238,7 +255,10 @@ def score(records: Iterable[Mapping], n_boot: int = 1000, seed: int = 0) -> dict
 
 def paired_difference(records_a: Iterable[Mapping], records_b: Iterable[Mapping],
                       n_boot: int = 1000, seed: int = 0, by_speaker: bool = True) -> dict:
-    """WER of system b minus system a in points on their shared utterance ids, with a paired bootstrap."""
+    """WER of system b minus system a in points on their shared utterance ids, with a paired bootstrap.
+
+    Blocks are chosen as for `bootstrap_ci` (speakers when enough are known); `ci_unit` says which.
+    """
     counts_a = utterance_counts(records_a)
     counts_b = utterance_counts(records_b)
     shared = counts_a.merge(counts_b, on="id", suffixes=("_a", "_b"), validate="one_to_one")
@@ -250,7 +270,8 @@ def paired_difference(records_a: Iterable[Mapping], records_b: Iterable[Mapping]
     # Blocks follow system a's speaker labels; both systems decode the same utterances.
     shared["speaker"] = shared["speaker_a"]
     columns = ["errors_a", "ref_words_a", "errors_b", "ref_words_b"]
-    sums = _block_sums(shared, columns, by_speaker)
+    unit = resampling_unit(shared, by_speaker)
+    sums = _block_sums(shared, columns, unit)
     # Drawing the same blocks for both systems is what makes the bootstrap paired.
     totals = _resampled_sums(sums, n_boot, seed)
     diffs = 100.0 * (totals[:, 2] / totals[:, 3] - totals[:, 0] / totals[:, 1])
@@ -258,7 +279,9 @@ def paired_difference(records_a: Iterable[Mapping], records_b: Iterable[Mapping]
     wer_a = 100.0 * full[0] / full[1]
     wer_b = 100.0 * full[2] / full[3]
     diff = wer_b - wer_a
-    if diff > 0:
+    if len(sums) < 2:
+        p_value = math.nan  # one block: every resample is the data itself, so no test
+    elif diff > 0:
         p_value = min(1.0, 2.0 * float(np.mean(diffs <= 0)))
     elif diff < 0:
         p_value = min(1.0, 2.0 * float(np.mean(diffs >= 0)))
@@ -272,6 +295,7 @@ def paired_difference(records_a: Iterable[Mapping], records_b: Iterable[Mapping]
         "wer_a": float(wer_a),
         "wer_b": float(wer_b),
         "diff": float(diff),
-        "ci95": _interval(diffs, 0.95),
+        "ci95": _interval(diffs, 0.95, len(sums)),
+        "ci_unit": unit,
         "p_value": p_value,
     }

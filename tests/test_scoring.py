@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from prunelib.scoring import (
+    MIN_SPEAKER_BLOCKS,
     bootstrap_ci,
     normalize_text,
     paired_difference,
@@ -142,7 +143,8 @@ def test_result_is_json_friendly():
     import json
     result = score(synthetic(3, 5, [0.1, 0.2, 0.3]), n_boot=50)
     json.dumps(result)
-    assert result["ci_unit"] == "speaker" and result["n_speakers"] == 3
+    # Three speakers are too few blocks: utterances are resampled, and the result says so.
+    assert result["ci_unit"] == "utterance" and result["n_speakers"] == 3
 
 
 # --- bootstrap intervals -----------------------------------------------------
@@ -161,12 +163,13 @@ def test_bootstrap_contains_estimate_and_is_deterministic():
 
 
 def test_bootstrap_narrows_with_more_data():
-    errors = [0.05, 0.1, 0.15, 0.2, 0.1, 0.3, 0.05, 0.2]
-    small = utterance_counts(synthetic(8, 10, errors, seed=1))
-    large = utterance_counts(synthetic(8, 10, errors, seed=1)
-                             + synthetic(8, 10, errors, seed=2, prefix="b")
-                             + synthetic(8, 10, errors, seed=3, prefix="c")
-                             + synthetic(8, 10, errors, seed=4, prefix="d"))
+    # Ten speakers, so speaker blocks are used at both sizes.
+    errors = [0.05, 0.1, 0.15, 0.2, 0.1, 0.3, 0.05, 0.2, 0.25, 0.1]
+    small = utterance_counts(synthetic(10, 10, errors, seed=1))
+    large = utterance_counts(synthetic(10, 10, errors, seed=1)
+                             + synthetic(10, 10, errors, seed=2, prefix="b")
+                             + synthetic(10, 10, errors, seed=3, prefix="c")
+                             + synthetic(10, 10, errors, seed=4, prefix="d"))
     for by_speaker in (True, False):
         lo_s, hi_s = bootstrap_ci(small, n_boot=1000, by_speaker=by_speaker)
         lo_l, hi_l = bootstrap_ci(large, n_boot=1000, by_speaker=by_speaker)
@@ -185,6 +188,38 @@ def test_unknown_speakers_resample_utterances():
     counts = utterance_counts(synthetic(4, 10, [0.1, 0.2, 0.3, 0.4]))
     counts["speaker"] = None
     assert bootstrap_ci(counts, by_speaker=True) == bootstrap_ci(counts, by_speaker=False)
+
+
+@pytest.mark.parametrize("n_speakers, unit", [(1, "utterance"), (3, "utterance"), (12, "speaker")])
+def test_interval_resamples_speakers_only_when_there_are_enough(n_speakers, unit):
+    # One speaker's 120 utterances used to give an interval whose two ends equalled the WER.
+    per_speaker = 120 // n_speakers
+    records = synthetic(n_speakers, per_speaker, [0.1 + 0.3 * (s % 2) for s in range(n_speakers)], seed=5)
+    result = score(records, n_boot=500)
+    assert result["ci_unit"] == unit and result["n_speakers"] == n_speakers
+    lo, hi = result["wer_ci95"]
+    assert lo < result["wer"] < hi and hi - lo > 1.0
+    assert bootstrap_ci(utterance_counts(records), n_boot=500) == result["wer_ci95"]
+    other = synthetic(n_speakers, per_speaker, [0.3] * n_speakers, seed=6)
+    paired = paired_difference(records, other, n_boot=500)
+    assert paired["ci_unit"] == unit and paired["ci95"][0] < paired["ci95"][1]
+
+
+def test_fewer_speakers_than_the_floor_resample_utterances_as_if_unknown():
+    counts = utterance_counts(synthetic(MIN_SPEAKER_BLOCKS - 1, 10, [0.1, 0.5] * 5))
+    unknown = counts.assign(speaker=None)
+    assert bootstrap_ci(counts) == bootstrap_ci(unknown)
+    enough = utterance_counts(synthetic(MIN_SPEAKER_BLOCKS, 10, [0.1, 0.5] * 5))
+    assert bootstrap_ci(enough) != bootstrap_ci(enough.assign(speaker=None))
+
+
+def test_one_utterance_gives_no_interval_rather_than_a_zero_width_one():
+    result = score([rec("a", "a b c d", "a x c d", speaker="s")], n_boot=100)
+    assert result["wer"] == 25.0
+    assert all(math.isnan(end) for end in result["wer_ci95"] + result["cer_ci95"])
+    paired = paired_difference([rec("a", "a b c d", "a x c d")], [rec("a", "a b c d", "a b c d")], n_boot=100)
+    assert paired["diff"] == -25.0 and all(math.isnan(end) for end in paired["ci95"])
+    assert math.isnan(paired["p_value"])
 
 
 def test_bootstrap_level_controls_width():
