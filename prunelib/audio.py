@@ -1,6 +1,7 @@
 """Read audio files as 16 kHz mono float32, with clear errors for bad files."""
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,34 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
+def _wav_declared_frames(path: Path) -> int | None:
+    """Frames a RIFF/WAVE header says its data chunk holds; None when not a WAV or the size is unknown.
+
+    libsndfile quietly shortens a WAV whose data ends before its header says, so a file cut
+    in transit would decode as half an utterance without a word; the header is read here instead.
+    """
+    with open(path, "rb") as handle:
+        riff = handle.read(12)
+        if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"fmt ":
+                fmt = handle.read(size + (size & 1))
+                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+            elif chunk_id == b"data":
+                # Streaming writers leave 0 or 0xFFFFFFFF when they cannot know the length.
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                handle.seek(size + (size & 1), 1)
+
+
 def read_audio(path: str | Path) -> np.ndarray:
     """Read one audio file (anything libsndfile reads) as 16 kHz mono float32."""
     path = Path(path)
@@ -35,4 +64,8 @@ def read_audio(path: str | Path) -> np.ndarray:
         raise AudioError(f"cannot decode audio file {path}: {err}") from err
     if samples.size == 0:
         raise AudioError(f"audio file is empty (0 samples): {path}")
+    declared = _wav_declared_frames(path)
+    if declared is not None and len(samples) < declared:
+        raise AudioError(f"audio file is truncated: its header declares {declared / sample_rate:.2f} s, "
+                         f"the file holds {len(samples) / sample_rate:.2f} s: {path}")
     return to_mono_16k(samples, sample_rate)

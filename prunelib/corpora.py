@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import io
 import logging
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +20,25 @@ from prunelib.hub import hub_endpoint, hub_reachable
 log = logging.getLogger(__name__)
 
 DATA_ENV = "PRUNELIB_DATA"
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes; memoised by path, size and mtime, so a rerun hashes each file once."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    """The content hash of a file, or 'missing' when it cannot be read."""
+    try:
+        stat = path.stat()
+        return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        return "missing"
 
 
 class CorpusError(ValueError):
@@ -36,6 +58,23 @@ class Utterance:
     audio_bytes: bytes | None = field(default=None, repr=False)  # encoded audio from the hub
     audio_array: np.ndarray | None = field(default=None, repr=False, compare=False)
 
+    def audio_fingerprint(self) -> str:
+        """A short hash of what this utterance's audio is made from: file bytes (and segment bounds) or memory.
+
+        Cached transcripts are reused only while it stays the same, so editing or fixing an
+        audio file makes the next evaluation decode it again.
+        """
+        digest = hashlib.sha256()
+        if self.audio_array is not None:
+            array = np.ascontiguousarray(self.audio_array)
+            digest.update(f"array:{array.dtype}:{array.shape}".encode())
+            digest.update(array.tobytes())
+        elif self.audio_bytes is not None:
+            digest.update(b"bytes:" + self.audio_bytes)
+        elif self.path is not None:
+            digest.update(f"file:{file_fingerprint(self.path)}:{self.start}:{self.end}".encode())
+        return digest.hexdigest()[:16]
+
     def load_audio(self) -> np.ndarray:
         """The utterance's audio as 16 kHz mono float32 (raises AudioError when unusable)."""
         if self.audio_array is not None:
@@ -52,6 +91,40 @@ class Utterance:
             if audio.size == 0:
                 raise AudioError(f"segment {self.start}-{self.end}s of {self.path} is empty")
         return audio
+
+
+def _where(utt: Utterance) -> str:
+    """Where an utterance comes from, for error messages."""
+    if utt.path is None:
+        return "memory" if utt.audio_array is not None else "the hub copy"
+    return str(utt.path) + ("" if utt.start is None else f" at {utt.start}-{utt.end}s")
+
+
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """A transcript or metadata file as text; a CorpusError naming the file when it is not valid text."""
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as err:
+        raise CorpusError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                          "re-save it as UTF-8") from err
+
+
+def _csv_rows(path: Path, required: tuple[str, ...], **reader_args) -> list[dict[str, str]]:
+    """Rows of a CSV/TSV file with every `required` column filled; CorpusError naming file and line otherwise."""
+    # utf-8-sig: spreadsheet programs often start metadata.csv with a byte-order mark.
+    text = _read_text(path, encoding="utf-8-sig")
+    reader = csv.DictReader(io.StringIO(text, newline=""), **reader_args)
+    if reader.fieldnames is None:
+        raise CorpusError(f"{path} is empty (no header line)")
+    rows = []
+    for row in reader:
+        if None in row:
+            raise CorpusError(f"{path}:{reader.line_num}: more fields than the header's {len(reader.fieldnames)}")
+        missing = [name for name in required if row.get(name) is None]
+        if missing:
+            raise CorpusError(f"{path}:{reader.line_num}: too few fields (no {', '.join(missing)})")
+        rows.append(row)
+    return rows
 
 
 def _decode_bytes(data: bytes, name: str) -> np.ndarray:
@@ -75,6 +148,15 @@ class Corpus:
     utterances: list[Utterance]
     source: str  # a folder, or "hub:<dataset id>"
     n_empty_reference: int = 0
+
+    def __post_init__(self) -> None:
+        # Two utterances with one id would share a cache record and a bootstrap row: refuse before decoding.
+        seen: dict[str, Utterance] = {}
+        for utt in self.utterances:
+            if utt.id in seen:
+                raise CorpusError(f"{self.name}: utterance id {utt.id!r} appears twice, in {_where(seen[utt.id])} "
+                                  f"and {_where(utt)}; ids must be unique")
+            seen[utt.id] = utt
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -103,7 +185,7 @@ def read_librispeech(split_dir: Path) -> list[Utterance]:
     """LibriSpeech native layout: <speaker>/<chapter>/<id>.flac beside <spk>-<chap>.trans.txt."""
     utterances = []
     for trans in sorted(split_dir.glob("*/*/*.trans.txt")):
-        for line in trans.read_text(encoding="utf-8").splitlines():
+        for line in _read_text(trans).splitlines():
             if not line.strip():
                 continue
             utt_id, _, text = line.partition(" ")
@@ -121,15 +203,15 @@ def read_librispeech(split_dir: Path) -> list[Utterance]:
 def read_audiofolder(split_dir: Path, speaker_from_name: Callable[[str], str] | None = None) -> list[Utterance]:
     """Hugging Face `audiofolder` layout: metadata.csv (file_name, transcription|text, ...)."""
     metadata = split_dir / "metadata.csv"
-    with metadata.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and "file_name" not in rows[0]:
-        raise CorpusError(f"{metadata} has no 'file_name' column (columns: {list(rows[0])})")
+    header = next(csv.reader(io.StringIO(_read_text(metadata, encoding="utf-8-sig"))), [])
+    if "file_name" not in header:
+        raise CorpusError(f"{metadata} has no 'file_name' column (columns: {header})")
+    text_column = next((name for name in ("transcription", "text", "sentence") if name in header), None)
+    if text_column is None:
+        raise CorpusError(f"{metadata} has no transcription/text/sentence column (columns: {header})")
     utterances = []
-    for row in rows:
-        text = row.get("transcription", row.get("text", row.get("sentence")))
-        if text is None:
-            raise CorpusError(f"{metadata} has no transcription/text/sentence column")
+    for row in _csv_rows(metadata, ("file_name", text_column)):
+        text = row[text_column]
         name = row["file_name"]
         speaker = row.get("speaker_id") or row.get("speaker")
         if speaker is None and speaker_from_name is not None:
@@ -144,11 +226,18 @@ def read_tedlium_stm(split_dir: Path) -> list[Utterance]:
     """TED-LIUM layout: stm/<talk>.stm segment lines over sph/<talk>.sph recordings."""
     utterances = []
     for stm in sorted(split_dir.glob("stm/*.stm")):
-        for number, line in enumerate(stm.read_text(encoding="utf-8").splitlines()):
-            parts = line.split(maxsplit=6)
-            if len(parts) < 6 or line.startswith(";;"):
+        for number, line in enumerate(_read_text(stm).splitlines()):
+            if not line.strip() or line.startswith(";;"):
                 continue
+            parts = line.split(maxsplit=6)
+            if len(parts) < 6:
+                raise CorpusError(f"{stm}:{number + 1}: too few fields ({len(parts)}; an stm line has at least 6)")
             talk, _channel, speaker, start, end = parts[:5]
+            try:
+                start_s, end_s = float(start), float(end)
+            except ValueError:
+                raise CorpusError(f"{stm}:{number + 1}: start and end must be seconds, got {start!r} and {end!r}") \
+                    from None
             text = parts[6] if len(parts) > 6 else ""
             if text.strip() == "ignore_time_segment_in_scoring":
                 continue
@@ -158,8 +247,8 @@ def read_tedlium_stm(split_dir: Path) -> list[Utterance]:
                     reference=text.replace("<unk>", "").strip(),
                     speaker=speaker,
                     path=split_dir / "sph" / f"{talk}.sph",
-                    start=float(start),
-                    end=float(end),
+                    start=start_s,
+                    end=end_s,
                 )
             )
     return utterances
@@ -168,8 +257,7 @@ def read_tedlium_stm(split_dir: Path) -> list[Utterance]:
 def read_commonvoice_tsv(split_dir: Path, split: str) -> list[Utterance]:
     """Common Voice layout: <split>.tsv (client_id, path, sentence) beside clips/."""
     tsv = split_dir / f"{split}.tsv"
-    with tsv.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = _csv_rows(tsv, ("path", "sentence"), delimiter="\t", quoting=csv.QUOTE_NONE)
     return [
         Utterance(
             id=Path(row["path"]).stem,
@@ -271,10 +359,21 @@ def find_local(name: str, data_root: str | Path | None) -> Path | None:
         return None
     root = Path(data_root)
     spec = CORPORA[corpus]
-    candidates = [root / folder.format(split=split) for folder in spec.folders] + [root]
+    marker = spec.marker.format(split=split)
+    folders = [folder.format(split=split) for folder in spec.folders]
+    # The root itself counts only when its own path ends in one of the corpus's folder names
+    # (".../LibriSpeech/test-other"): a folder of another corpus or split must not stand in.
+    candidates = [root / folder for folder in folders]
+    candidates += [root for folder in folders if root.absolute().parts[-len(Path(folder).parts):] == Path(folder).parts]
     for candidate in candidates:
-        if candidate.is_dir() and any(candidate.glob(spec.marker.format(split=split))):
+        if candidate.is_dir() and any(candidate.glob(marker)):
             return candidate
+    markers = {marker} | {other.marker for other in CORPORA.values() if "{" not in other.marker}
+    if any(any(root.glob(pattern)) for pattern in markers):
+        raise CorpusError(
+            f"data root {root} looks like a corpus folder itself, not one holding {name}: expected "
+            + " or ".join(f"{root / folder}/{marker}" for folder in folders)
+            + "; pass the folder above the corpora as --data-root")
     return None
 
 
@@ -290,6 +389,8 @@ def load_corpus(
     those speakers. Empty references are dropped here, counted and logged.
     """
     corpus, split = parse_corpus_name(name)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
+        raise CorpusError(f"limit must be a whole number of utterances, at least 1, got {limit!r}")
     if data_root is None:
         data_root = default_data_root()
     elif not Path(data_root).is_dir():

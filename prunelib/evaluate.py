@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import transformers
+
 import prunelib
 from prunelib import distributed, results, scoring
 from prunelib.components import find_stacks
@@ -59,8 +61,26 @@ def encoder_key(loaded: LoadedModel, spec, importance_name: str) -> str:
     return results.cache_key(weights=loaded.fingerprint, prune=str(spec), importance=importance_name)
 
 
+def _decoder_identity(loaded: LoadedModel) -> dict:
+    """What besides the weights turns audio into text: generation and feature settings, vocabulary, dtype, device."""
+    parameter = next(loaded.model.parameters())
+    tokenizer = loaded.processor.tokenizer
+    return {
+        "generation": results.cache_key(text=loaded.model.generation_config.to_json_string(use_diff=False)),
+        "features": results.cache_key(text=loaded.processor.feature_extractor.to_json_string()),
+        "vocabulary": results.cache_key(vocabulary=tokenizer.get_vocab()),
+        "dtype": str(parameter.dtype),
+        "device": parameter.device.type,
+        "transformers": transformers.__version__,
+    }
+
+
 def evaluation_key(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, prune: str, importance: str) -> str:
-    """The cache key: everything that changes the transcripts, and nothing else."""
+    """The cache file's key: every setting that can change a transcript, and nothing else.
+
+    Which utterances, and what their audio and references hold, is not in the key: each cached
+    record carries its audio fingerprint and reference and is reused only while both match.
+    """
     decoding_key = decoding.key()
     if not loaded.is_multilingual:
         # English-only checkpoints have no language tokens: every pipeline decodes the same.
@@ -68,45 +88,76 @@ def evaluation_key(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, prun
     return results.cache_key(
         model=loaded.name,
         weights=loaded.fingerprint,
+        decoder=_decoder_identity(loaded),
         corpus=corpus.name,
-        utterances=results.cache_key(ids=[u.id for u in corpus.utterances]),
         decoding=decoding_key,
         prune=prune,
         importance=importance,
     )
 
 
-def _decode_or_read(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, final: Path, partial: Path,
-                    encoder_cache_key: str | None, progress: bool) -> tuple[list[dict], bool]:
-    """Records from the final cache file, else decoded (resuming from the partial file)."""
-    if final.exists():
-        log.info("read cached results from %s", final)
-        return results.read_jsonl(final), True
-    done = {}
-    if partial.exists():
-        # A crash mid-append leaves a cut last line: drop it, and rewrite the file so
-        # that new appends do not glue onto the fragment.
-        kept = results.read_jsonl(partial, drop_truncated_last_line=True)
-        results.write_jsonl_atomic(partial, kept)
-        done = {r["id"]: r for r in kept}
+def _stored_records(*paths: Path) -> dict[str, dict]:
+    """Cached records by utterance id from JSONL files (later files win); a cut last line is dropped."""
+    stored: dict[str, dict] = {}
+    for path in paths:
+        if path.exists():
+            for record in results.read_jsonl(path, drop_truncated_last_line=True):
+                if "id" in record:
+                    stored[str(record["id"])] = record
+    return stored
+
+
+def _reusable(stored: dict[str, dict], corpus: Corpus, fingerprints: dict[str, str]) -> dict[str, dict]:
+    """The stored records still true of the corpus: same audio fingerprint and same reference."""
+    fresh = {}
+    for utt in corpus.utterances:
+        record = stored.get(utt.id)
+        if record is not None and record.get("audio_fingerprint") == fingerprints[utt.id] \
+                and record.get("reference") == utt.reference:
+            # Speakers only group utterances for the interval: take today's labels.
+            fresh[utt.id] = {**record, "speaker": utt.speaker}
+    return fresh
+
+
+def _read_sparsity(path: Path) -> dict | None:
+    """The cached sparsities of a prune, or None when absent or damaged (then they are measured again)."""
+    if not path.exists():
+        return None
+    try:
+        sparsity = json.loads(path.read_text(encoding="utf-8"))
+        if not all(isinstance(sparsity.get(key), (int, float)) for key in ("sparsity", "sparsity_linear")):
+            raise ValueError("no numeric 'sparsity' and 'sparsity_linear'")
+    except (ValueError, AttributeError, OSError) as err:
+        log.warning("%s is damaged (%s); measuring the prune's sparsity again", path, err)
+        return None
+    return {"sparsity": sparsity["sparsity"], "sparsity_linear": sparsity["sparsity_linear"]}
+
+
+def _decode_missing(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, done: dict[str, dict],
+                    fingerprints: dict[str, str], partial: Path, encoder_cache_key: str | None,
+                    progress: bool) -> tuple[list[dict], int]:
+    """Records of every corpus utterance: `done` ones as they are, the rest decoded (this rank's share).
+
+    Returns the records in corpus order and how many were decoded over all ranks.
+    """
+    mine = distributed.shard(corpus.utterances)
+    todo = [u for u in mine if u.id not in done]
     if done:
-        log.info("resuming: %d of %d utterances already in %s", len(done), len(corpus), partial)
-    # Sharded runs decode only this rank's share; a single process's shard is everything.
-    todo = [u for u in distributed.shard(corpus.utterances) if u.id not in done]
+        log.info("reusing %d cached records; decoding %d of %d utterances", len(done), len(todo), len(corpus))
 
     def save(batch_records: list[dict]) -> None:
         for record in batch_records:
+            record["audio_fingerprint"] = fingerprints[record["id"]]
             results.append_jsonl(partial, record)
 
     encoder_cache = loaded.encoder_cache if encoder_cache_key is not None else None
     new = transcribe(loaded, todo, decoding, progress=progress, on_batch=save, encoder_cache=encoder_cache,
                      encoder_key=encoder_cache_key) if todo else []
-    # Merge every rank's records (no-op alone); rank 0 writes the file one process would have.
-    by_id = distributed.gather_records({**done, **{r["id"]: r for r in new}})
-    records = [by_id[u.id] for u in corpus.utterances]
-    distributed.write_jsonl_once(final, records)
-    partial.unlink(missing_ok=True)
-    return records, False
+    by_id = {**{u.id: done[u.id] for u in mine if u.id in done}, **{r["id"]: r for r in new}}
+    # Merge every rank's records (no-op alone).
+    merged = distributed.gather_records(by_id)
+    n_decoded = len(distributed.gather_records({r["id"]: True for r in new}))
+    return [merged[u.id] for u in corpus.utterances], n_decoded
 
 
 def evaluate(
@@ -124,47 +175,69 @@ def evaluate(
     """Transcribe and score `corpus` with `prune` applied temporarily (weights restored after).
 
     Per-utterance records are cached under `cache_dir` (default <results>/cache) by model,
-    weights, corpus, decoding and prune spec: a repeat call reads them instead of decoding,
-    and an interrupted run resumes where it stopped. With `reuse_encoder`, encoder outputs kept
+    weights, decoder settings, corpus, decoding and prune spec: a repeat call reuses every
+    record whose audio and reference are unchanged and decodes the rest (missing, edited or
+    new utterances), and an interrupted run resumes where it stopped. The score covers exactly
+    the corpus's utterances; records of others in the file are ignored and counted. With `reuse_encoder`, encoder outputs kept
     in memory from earlier calls are reused when the encoder's weights are the same: every
     prune that leaves the encoder dense, and the same prune under another decoding pipeline.
     """
     spec = parse_prune_spec(prune)
     if importance is not None and importance_name == "magnitude":
         raise ValueError("name the importance scores (importance_name) so cached results stay distinct")
-    key = evaluation_key(loaded, corpus, decoding, str(spec), importance_name if importance is not None else "magnitude")
+    importance_label = importance_name if importance is not None else "magnitude"
+    key = evaluation_key(loaded, corpus, decoding, str(spec), importance_label)
     cache_dir = Path(cache_dir) if cache_dir is not None else results_root() / "cache"
     final = cache_dir / f"{key}.jsonl"
     # Under torchrun / accelerate each rank appends to its own partial file (same name when alone).
     partial = cache_dir / f"{key}.partial{distributed.partial_suffix()}.jsonl"
-
     sparsity_file = cache_dir / f"{key}.sparsity.json"
-    if final.exists() and sparsity_file.exists():
-        # Cached transcripts and sparsities: no need to compute the masks again.
-        records, from_cache, report = results.read_jsonl(final), True, None
-        sparsity = json.loads(sparsity_file.read_text())
+
+    fingerprints = {u.id: u.audio_fingerprint() for u in corpus.utterances}
+    stored = _stored_records(final)
+    from_final = _reusable(stored, corpus, fingerprints)
+    n_ignored = len(set(stored) - set(fingerprints))
+    if n_ignored:
+        log.info("%s holds %d records of utterances outside this corpus: ignored", final, n_ignored)
+    sparsity, report = _read_sparsity(sparsity_file), None
+    # Completeness is judged on the final file alone, which every rank reads alike, so ranks agree.
+    if len(from_final) == len(corpus):
+        records, n_decoded = [from_final[u.id] for u in corpus.utterances], 0
         log.info("read %d cached results from %s", len(records), final)
     else:
+        done = {**from_final, **_reusable(_stored_records(partial), corpus, fingerprints)}
         with pruned(loaded.model, spec, importance=importance) as report:
-            shared = encoder_key(loaded, spec, importance_name if importance is not None else "magnitude") \
-                if reuse_encoder else None
-            records, from_cache = _decode_or_read(loaded, corpus, decoding, final, partial, shared, progress)
+            shared = encoder_key(loaded, spec, importance_label) if reuse_encoder else None
+            records, n_decoded = _decode_missing(loaded, corpus, decoding, done, fingerprints, partial, shared,
+                                                 progress)
+        # Records of other utterances stay in the file for later calls; stale ones are replaced.
+        kept = [record for utt_id, record in stored.items() if utt_id not in fingerprints]
+        distributed.write_jsonl_once(final, kept + records)
+        partial.unlink(missing_ok=True)
+    if sparsity is None:
+        if report is None:
+            with pruned(loaded.model, spec, importance=importance) as report:
+                pass
         sparsity = {"sparsity": round(100 * report.overall_weights, 3),
                     "sparsity_linear": round(100 * report.overall_linear, 3)}
-        results.write_json_atomic(sparsity_file, sparsity)
+        if distributed.is_main():
+            results.write_json_atomic(sparsity_file, sparsity)
 
+    from_cache = n_decoded == 0
     summary = {
         "model": loaded.name,
         "dataset": corpus.name,
         "language": decoding.language,
         "prune": str(spec),
-        "importance": importance_name if importance is not None else "magnitude",
+        "importance": importance_label,
         **scoring.score(records, n_boot=n_boot),
         **sparsity,
         "n_long_form": sum(bool(r.get("long_form")) for r in records),
         "n_truncated": sum(bool(r.get("truncated")) for r in records),
         "n_hit_token_budget": sum(bool(r.get("hit_token_budget")) for r in records),
         "n_empty_reference": corpus.n_empty_reference,
+        "n_decoded": n_decoded,
+        "n_cache_ignored": n_ignored,
         "from_cache": from_cache,
     }
     return Evaluation(records=records, summary=summary, path=final, from_cache=from_cache, report=report)

@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import transformers
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.modeling_outputs import BaseModelOutput
 from tqdm import tqdm
 
@@ -34,7 +35,7 @@ class Decoding:
     batch_size: int = 16  # the paper's batch size
     num_beams: int = 1  # greedy, as the paper
     long_form: bool = True  # decode >30 s audio sequentially; False truncates at 30 s as the paper's code did
-    max_tokens_per_second: float | None = 10.0  # stop a batch at this many tokens per second of its longest audio; None: 448
+    max_tokens_per_second: float | None = 10.0  # stop each utterance at this many tokens per second of its audio; None: 448
 
     def __post_init__(self) -> None:
         if not self.language or not isinstance(self.language, str):
@@ -47,7 +48,7 @@ class Decoding:
             raise ValueError(f"max_tokens_per_second must be positive or None, got {self.max_tokens_per_second}")
 
     def token_budget(self, seconds: float) -> int | None:
-        """New tokens allowed for a short-form batch whose longest audio lasts `seconds`.
+        """New tokens allowed for a short-form utterance whose audio lasts `seconds`.
 
         Read speech runs at 3 to 5 tokens a second; a budget of 10 never cuts a real
         transcript but stops the 448-token repetition loops of a collapsed (heavily pruned)
@@ -58,7 +59,11 @@ class Decoding:
         return min(MAX_NEW_TOKENS, int(math.ceil(self.max_tokens_per_second * seconds)) + 10)
 
     def key(self) -> dict:
-        """The settings that change transcripts (batch size does not, so it is left out)."""
+        """The settings that change transcripts.
+
+        Batch size is left out: every utterance stops at its own token budget and the encoder
+        input is always padded to 30 s, so a transcript does not depend on its batch-mates.
+        """
         settings = asdict(self)
         settings.pop("batch_size")
         return settings
@@ -101,6 +106,26 @@ def _cached_encoder_outputs(loaded: LoadedModel, ids: list[str], features: torch
     return hidden
 
 
+class PerRowTokenBudget(StoppingCriteria):
+    """Stop each row of a batch once it has produced its own number of new tokens.
+
+    `generate`'s own `max_new_tokens` is one number for the whole batch; with it, a short
+    utterance batched with a long one would get the long one's budget, and a collapsed model's
+    repetition loop would be cut at a length that depends on its batch-mates.
+    """
+
+    def __init__(self, budgets: list[int]) -> None:
+        self.budgets = torch.tensor(budgets)
+        self.prompt_length: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        # The first call comes after the first new token: the prompt is everything before it.
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1] - 1
+        produced = input_ids.shape[1] - self.prompt_length
+        return (produced >= self.budgets).to(input_ids.device)
+
+
 def _content_tokens(sequence: torch.Tensor, pad_id: int | None) -> int:
     """Tokens the decoder produced, padding excluded (generate strips the prompt and the end token)."""
     return int((sequence != pad_id).sum()) if pad_id is not None else int(sequence.numel())
@@ -130,14 +155,16 @@ def _decode_short(loaded: LoadedModel, ids: list[str], arrays: list[np.ndarray],
         hidden = loaded.model.get_encoder()(features).last_hidden_state
     encoder_outputs = BaseModelOutput(last_hidden_state=hidden)
     languages = _languages(loaded, kwargs, len(arrays), encoder_outputs=encoder_outputs)
-    budget = decoding.token_budget(len(arrays[0]) / SAMPLE_RATE)
-    extra = {} if budget is None else {"max_new_tokens": budget}
+    budgets = [decoding.token_budget(len(audio) / SAMPLE_RATE) for audio in arrays]
+    extra = {}
+    if budgets[0] is not None:
+        extra = {"max_new_tokens": max(budgets), "stopping_criteria": StoppingCriteriaList([PerRowTokenBudget(budgets)])}
     sequences = loaded.model.generate(encoder_outputs=encoder_outputs, **kwargs, **extra)
-    return sequences, languages, budget
+    return sequences, languages, budgets
 
 
 def _decode_long(loaded: LoadedModel, arrays: list[np.ndarray], kwargs: dict,
-                 device: torch.device) -> tuple[torch.Tensor, list, None]:
+                 device: torch.device) -> tuple[torch.Tensor, list, list[None]]:
     """Decode audio over 30 s sequentially in 30 s windows, as the ASR pipeline does."""
     features = loaded.processor.feature_extractor(
         arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt",
@@ -149,7 +176,7 @@ def _decode_long(loaded: LoadedModel, arrays: list[np.ndarray], kwargs: dict,
     output = loaded.model.generate(input_features, attention_mask=features.attention_mask.to(device),
                                    return_timestamps=True, **kwargs)
     sequences = output["sequences"] if isinstance(output, dict) else output
-    return sequences, languages, None
+    return sequences, languages, [None] * len(arrays)
 
 
 def _load_all(utterances: Iterable[Utterance]) -> tuple[list[tuple[Utterance, np.ndarray]], list[dict]]:
@@ -204,15 +231,15 @@ def transcribe(
         started = time.perf_counter()
         with torch.inference_mode(), _quiet_transformers():
             if is_long:
-                sequences, languages, budget = _decode_long(loaded, arrays, kwargs, device)
+                sequences, languages, budgets = _decode_long(loaded, arrays, kwargs, device)
             else:
-                sequences, languages, budget = _decode_short(
+                sequences, languages, budgets = _decode_short(
                     loaded, [utt.id for utt, _ in batch], arrays, decoding, kwargs, device, encoder_cache,
                     encoder_key or loaded.fingerprint)
         elapsed = time.perf_counter() - started
         texts = processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         batch_records = []
-        for (utt, audio), text, seq, language in zip(batch, texts, sequences, languages):
+        for (utt, audio), text, seq, language, budget in zip(batch, texts, sequences, languages, budgets):
             seconds = len(audio) / SAMPLE_RATE
             batch_records.append(
                 {

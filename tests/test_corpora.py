@@ -127,3 +127,81 @@ def test_local_only_corpus_without_copy(tmp_path):
     with pytest.raises(CorpusError, match="no hub copy"):
         load_corpus("fsdd:test", data_root=tmp_path)
     assert find_local("fsdd:test", None) is None
+
+
+# --- bad input that used to pass silently or fail without naming its file ----------------
+
+def test_a_data_root_that_is_itself_a_corpus_folder_does_not_stand_in_for_another(shared_data, tmp_path):
+    other = shared_data / "LibriSpeech" / "test-other"
+    with pytest.raises(CorpusError, match=r"looks like a corpus folder itself.*test-clean"):
+        load_corpus("librispeech:test-clean", data_root=other)
+    with pytest.raises(CorpusError, match=r"earnings22/test/metadata.csv"):
+        load_corpus("earnings22:test", data_root=shared_data / "librivox-mini" / "test")
+    # A root whose own path is the corpus's folder is that corpus.
+    assert len(load_corpus("librispeech:test-other", data_root=other)) == 165
+    assert len(load_corpus("librivox-mini:test", data_root=shared_data / "librivox-mini" / "test")) == 5
+
+
+def test_duplicate_ids_are_refused_before_decoding_naming_both_files(tmp_path):
+    folder = tmp_path / "librivox-mini" / "test"
+    for sub in ("a", "b"):
+        (folder / sub).mkdir(parents=True)
+        _write_tone(folder / sub / "same.wav", 0.5, 16_000)
+    (folder / "metadata.csv").write_text("file_name,transcription\na/same.wav,ONE\nb/same.wav,TWO\n")
+    with pytest.raises(CorpusError, match=r"'same' appears twice.*a/same.wav.*b/same.wav"):
+        load_corpus("librivox-mini:test", data_root=tmp_path)
+
+
+def test_unreadable_transcripts_name_their_file(tmp_path):
+    chapter = tmp_path / "LibriSpeech" / "test-clean" / "1" / "2"
+    chapter.mkdir(parents=True)
+    (chapter / "1-2.trans.txt").write_bytes("1-2-0000 CAF\xc9\n".encode("latin-1"))
+    with pytest.raises(CorpusError, match=r"1-2.trans.txt is not UTF-8"):
+        load_corpus("librispeech:test-clean", data_root=tmp_path)
+
+
+def test_metadata_with_a_byte_order_mark_and_short_rows(tmp_path):
+    folder = tmp_path / "librivox-mini" / "test"
+    folder.mkdir(parents=True)
+    _write_tone(folder / "a.wav", 0.5, 16_000)
+    (folder / "metadata.csv").write_text("\ufefffile_name,transcription\na.wav,HELLO\n", encoding="utf-8")
+    assert load_corpus("librivox-mini:test", data_root=tmp_path).utterances[0].reference == "HELLO"
+    (folder / "metadata.csv").write_text("file_name,transcription\na.wav,HELLO\nb.wav\n")
+    with pytest.raises(CorpusError, match=r"metadata.csv:3: too few fields"):
+        load_corpus("librivox-mini:test", data_root=tmp_path)
+    stm = tmp_path / "tedlium" / "test" / "stm"
+    stm.mkdir(parents=True)
+    (stm / "Talk.stm").write_text("Talk 1 Speaker 0.0 1.0 <o> fine\nTalk 1 Speaker\n")
+    with pytest.raises(CorpusError, match=r"Talk.stm:2: too few fields"):
+        load_corpus("tedlium:test", data_root=tmp_path)
+
+
+@pytest.mark.parametrize("limit", [-1, 0, 2.5])
+def test_a_limit_that_is_not_a_positive_count_is_refused(shared_data, limit):
+    with pytest.raises(CorpusError, match="limit must be"):
+        load_corpus("librivox-mini:test", data_root=shared_data, limit=limit)
+
+
+def test_a_wav_shorter_than_its_header_says_is_refused(tmp_path):
+    _write_tone(tmp_path / "full.wav", 2.0, 16_000)
+    data = (tmp_path / "full.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
+    assert read_audio(tmp_path / "full.wav").size == 32_000
+    with pytest.raises(AudioError, match=r"truncated: its header declares 2.00 s, the file holds 1.00 s.*cut.wav"):
+        read_audio(tmp_path / "cut.wav")
+
+
+def test_audio_fingerprint_follows_the_content(tmp_path):
+    from prunelib.corpora import Utterance
+
+    _write_tone(tmp_path / "a.wav", 0.5, 16_000)
+    path = Utterance(id="a", reference="x", path=tmp_path / "a.wav")
+    before = path.audio_fingerprint()
+    assert before == Utterance(id="b", reference="y", path=tmp_path / "a.wav").audio_fingerprint()
+    _write_tone(tmp_path / "a.wav", 0.6, 16_000)
+    assert path.audio_fingerprint() != before
+    segment = Utterance(id="a", reference="x", path=tmp_path / "a.wav", start=0.0, end=0.2)
+    assert segment.audio_fingerprint() != path.audio_fingerprint()
+    array = np.zeros(10, dtype=np.float32)
+    in_memory = Utterance(id="m", reference="x", audio_array=array).audio_fingerprint()
+    assert in_memory != Utterance(id="m", reference="x", audio_array=array + 1).audio_fingerprint()

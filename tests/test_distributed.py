@@ -66,12 +66,18 @@ def test_inconsistent_launcher_environment_is_refused(launcher):
         distributed.rank_info()
 
 
-def _eval_command(launch: list[str], cache_dir: Path, data_root: Path) -> subprocess.CompletedProcess:
-    """Run `prunelib eval` on five real utterances through `launch`, one thread per process."""
+MILD = ["--dataset", "librivox-mini:test", "--batch-size", "2", "--prune", "decoder.ffn=0.3"]
+# A collapsed model whose repetition loops run into the token budget, which used to be the
+# longest utterance's in a batch: two processes batch differently from one.
+COLLAPSED = ["--dataset", "librispeech:test-other", "--limit", "6", "--batch-size", "6", "--prune", "global=0.6"]
+
+
+def _eval_command(launch: list[str], cache_dir: Path, data_root: Path, setting: list[str]) -> subprocess.CompletedProcess:
+    """Run `prunelib eval` on real utterances through `launch`, one thread per process."""
     env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARS}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    args = ["eval", "--model", "openai/whisper-tiny.en", "--dataset", "librivox-mini:test", "--data-root",
-            str(data_root), "--batch-size", "2", "--prune", "decoder.ffn=0.3", "--cache-dir", str(cache_dir)]
+    args = ["eval", "--model", "openai/whisper-tiny.en", *setting, "--data-root", str(data_root),
+            "--cache-dir", str(cache_dir)]
     return subprocess.run([*launch, "prunelib", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -81,11 +87,12 @@ def _comparable(record: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(shared_data, tmp_path):
-    one = _eval_command([sys.executable, "-m"], tmp_path / "one", shared_data)
+@pytest.mark.parametrize("setting", [MILD, COLLAPSED], ids=["mild", "collapsed"])
+def test_two_processes_match_one(shared_data, tmp_path, setting):
+    one = _eval_command([sys.executable, "-m"], tmp_path / "one", shared_data, setting)
     assert one.returncode == 0, one.stderr
     two = _eval_command([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"],
-                        tmp_path / "two", shared_data)
+                        tmp_path / "two", shared_data, setting)
     assert two.returncode == 0, two.stderr
     single = json.loads(one.stdout.strip().splitlines()[-1])
     lines = [line for line in two.stdout.splitlines() if line.startswith("{")]
@@ -100,5 +107,5 @@ def test_two_processes_match_one(shared_data, tmp_path):
     sparsity_file = sharded_file.name.replace(".jsonl", ".sparsity.json")
     assert sorted(path.name for path in (tmp_path / "two").iterdir()) == sorted([sharded_file.name, sparsity_file])
     single_records, sharded_records = read_jsonl(single_file), read_jsonl(sharded_file)
-    assert len(sharded_records) == 5
+    assert len(sharded_records) == single["n"]
     assert [_comparable(r) for r in sharded_records] == [_comparable(r) for r in single_records]

@@ -81,7 +81,8 @@ def test_cache_is_reused_and_resumes(tiny_en, librivox, tmp_path, monkeypatch):
     partial = tmp_path / f"{key}.partial.jsonl"
     first = corpus.utterances[0]
     append_jsonl(partial, {"id": first.id, "reference": first.reference, "hypothesis": "sentinel words",
-                           "speaker": None, "seconds": 1.0, "decode_seconds": 1.0})
+                           "speaker": None, "seconds": 1.0, "decode_seconds": 1.0,
+                           "audio_fingerprint": first.audio_fingerprint()})
     with partial.open("a") as handle:
         handle.write('{"id": "cut-off')
 
@@ -94,6 +95,109 @@ def test_cache_is_reused_and_resumes(tiny_en, librivox, tmp_path, monkeypatch):
     assert len(calls) == 1 and again.from_cache
     assert again.summary["wer"] == resumed.summary["wer"]
     assert read_jsonl(again.path) == resumed.records
+
+
+def _counting_transcribe(monkeypatch) -> list[list[str]]:
+    """Record which utterance ids each call of evaluate's transcribe decodes."""
+    calls: list[list[str]] = []
+    real_transcribe = evaluate_module.transcribe
+
+    def counting(loaded, utterances, *args, **kwargs):
+        calls.append([u.id for u in utterances])
+        return real_transcribe(loaded, utterances, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "transcribe", counting)
+    return calls
+
+
+@pytest.fixture
+def librivox_copy(shared_data, tmp_path):
+    """A writable copy of librivox-mini under tmp_path/data."""
+    copy = tmp_path / "data" / "librivox-mini" / "test"
+    shutil.copytree(shared_data / "librivox-mini" / "test", copy)
+    return copy
+
+
+def test_an_edited_reference_or_audio_file_is_decoded_again(tiny_en, librivox_copy, tmp_path, monkeypatch):
+    calls = _counting_transcribe(monkeypatch)
+    data, cache = librivox_copy.parents[1], tmp_path / "cache"
+    first = evaluate(tiny_en, load_corpus("librivox-mini:test", data_root=data), cache_dir=cache, progress=False,
+                     n_boot=20)
+    assert first.summary["wer"] > 0 and first.summary["n_decoded"] == 5
+    # Make one reference say exactly what the model heard: a rerun must not report it from the cache.
+    metadata = librivox_copy / "metadata.csv"
+    victim = next(r for r in first.records if normalize_text(r["hypothesis"]) != normalize_text(r["reference"]))
+    metadata.write_text(metadata.read_text().replace(victim["reference"], victim["hypothesis"]))
+    edited = evaluate(tiny_en, load_corpus("librivox-mini:test", data_root=data), cache_dir=cache, progress=False,
+                      n_boot=20)
+    assert calls[-1] == [victim["id"]] and edited.summary["n_decoded"] == 1
+    assert next(r for r in edited.records if r["id"] == victim["id"])["reference"] == victim["hypothesis"]
+    assert edited.summary["substitutions"] + edited.summary["deletions"] + edited.summary["insertions"] \
+        < first.summary["substitutions"] + first.summary["deletions"] + first.summary["insertions"]
+    # Break an audio file, then mend it: skipped while broken, decoded again once fixed.
+    audio = sorted(librivox_copy.glob("*.flac"))[1]
+    good = audio.read_bytes()
+    audio.write_bytes(b"not audio at all")
+    broken = evaluate(tiny_en, load_corpus("librivox-mini:test", data_root=data), cache_dir=cache, progress=False,
+                      n_boot=20)
+    assert broken.summary["n_failed"] == 1 and calls[-1] == [audio.stem]
+    audio.write_bytes(good)
+    mended = evaluate(tiny_en, load_corpus("librivox-mini:test", data_root=data), cache_dir=cache, progress=False,
+                      n_boot=20)
+    assert mended.summary["n_failed"] == 0 and calls[-1] == [audio.stem]
+    assert mended.summary["wer"] == edited.summary["wer"]
+    again = evaluate(tiny_en, load_corpus("librivox-mini:test", data_root=data), cache_dir=cache, progress=False,
+                     n_boot=20)
+    assert again.from_cache and len(calls) == 4
+
+
+def test_a_cut_cache_file_is_completed_not_scored_as_it_is(tiny_en, librivox, tmp_path, monkeypatch):
+    calls = _counting_transcribe(monkeypatch)
+    full = evaluate(tiny_en, librivox, cache_dir=tmp_path, progress=False, n_boot=20)
+    lines = full.path.read_text().splitlines(keepends=True)
+    full.path.write_text("".join(lines[:2]))  # cut at a line boundary: two of five records left
+    resumed = evaluate(tiny_en, librivox, cache_dir=tmp_path, progress=False, n_boot=20)
+    assert calls[-1] == [u.id for u in librivox.utterances[2:]]
+    assert resumed.summary["n"] == 5 and resumed.summary["wer"] == full.summary["wer"]
+    # A smaller corpus reads its records from the same file and ignores (and counts) the others.
+    subset = librivox.subset([u.id for u in librivox.utterances[:3]])
+    part = evaluate(tiny_en, subset, cache_dir=tmp_path, progress=False, n_boot=20)
+    assert part.from_cache and part.summary["n"] == 3 and part.summary["n_cache_ignored"] == 2
+    assert [r["id"] for r in part.records] == [u.id for u in subset.utterances]
+    assert len(calls) == 2
+
+
+def test_every_setting_that_changes_a_transcript_is_in_the_key(tiny_en, librivox):
+    import copy
+
+    key = evaluate_module.evaluation_key
+    base = key(tiny_en, librivox, Decoding(), "dense", "magnitude")
+    assert key(tiny_en, librivox, Decoding(batch_size=3), "dense", "magnitude") == base
+    assert key(tiny_en, librivox, Decoding(num_beams=2), "dense", "magnitude") != base
+    assert key(tiny_en, librivox, Decoding(max_tokens_per_second=20.0), "dense", "magnitude") != base
+    assert key(tiny_en, librivox, Decoding(long_form=False), "dense", "magnitude") != base
+    saved = copy.deepcopy(tiny_en.model.generation_config)
+    try:
+        tiny_en.model.generation_config.suppress_tokens = [1, 2, 3]
+        assert key(tiny_en, librivox, Decoding(), "dense", "magnitude") != base
+    finally:
+        tiny_en.model.generation_config = saved
+    assert key(tiny_en, librivox, Decoding(), "dense", "magnitude") == base
+
+
+def test_collapsed_prune_transcripts_do_not_depend_on_the_batch(tiny_en, shared_data):
+    from prunelib.pruning import pruned
+
+    # global=0.6 collapses tiny.en into repetition loops that run into the token budget; the
+    # budget used to be the longest utterance's in a batch (WER 782 at batch 8, 412 at batch 1).
+    corpus = load_corpus("librispeech:test-other", data_root=shared_data, limit=6)
+    with pruned(tiny_en.model, "global=0.6"):
+        runs = {size: transcribe(tiny_en, corpus.utterances, Decoding(batch_size=size), progress=False)
+                for size in (1, 3, 6)}
+    assert sum(r["hit_token_budget"] for r in runs[1]) >= 3
+    for size in (3, 6):
+        assert [r["hypothesis"] for r in runs[size]] == [r["hypothesis"] for r in runs[1]], size
+        assert [r["hit_token_budget"] for r in runs[size]] == [r["hit_token_budget"] for r in runs[1]]
 
 
 def test_corrupt_audio_is_skipped_and_counted(tiny_en, shared_data, tmp_path):
