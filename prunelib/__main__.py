@@ -56,6 +56,8 @@ def _sensitivity(args: argparse.Namespace) -> dict:
 
     started = time.perf_counter()
     corpus = load_corpus(args.dataset, data_root=args.data_root)
+    if args.n > len(corpus):
+        raise ValueError(f"--n {args.n} asks for more calibration utterances than {args.dataset} has ({len(corpus)})")
     # Only the N drawn utterances are labelled, so pseudo labels never decode the whole corpus.
     corpus = corpus.subset(sensitivity.seeded_order(corpus, args.seed)[: args.n])
     loaded = load_model(args.model)
@@ -102,6 +104,17 @@ def _export(args: argparse.Namespace) -> dict:
             "seconds": round(time.perf_counter() - started, 2)}
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (so --limit -1 cannot quietly mean 'all but one')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m prunelib", description=__doc__)
@@ -112,11 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="hub id (openai/whisper-base) or local folder")
     ev.add_argument("--dataset", required=True, help="NAME:SPLIT, e.g. librispeech:test-other")
     ev.add_argument("--prune", default="", help='prune spec, e.g. "decoder.self_attn=0.5" (default: dense)')
-    ev.add_argument("--limit", type=int, default=None, help="first N utterances only")
+    ev.add_argument("--limit", type=_positive_int, default=None, help="first N utterances only")
     ev.add_argument("--language", default="en", help="'en' (standard: English forced) or 'auto' (the paper's)")
     ev.add_argument("--data-root", default=None, help="folder holding corpora (default: $PRUNELIB_DATA)")
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--num-beams", type=int, default=1, help="1 = greedy, as the paper")
+    ev.add_argument("--batch-size", type=_positive_int, default=16)
+    ev.add_argument("--num-beams", type=_positive_int, default=1, help="1 = greedy, as the paper")
     ev.add_argument("--truncate", action="store_true", help="cut audio at 30 s as the paper's code did")
     ev.add_argument("--max-tokens-per-second", type=float, default=10.0,
                     help="stop decoding a batch at this many tokens per audio second (0: no limit but 448)")
@@ -133,14 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("sensitivity", help="gradient / Fisher / Taylor / OBD scores per component, as CSV")
     se.add_argument("--model", required=True, help="hub id (openai/whisper-base) or local folder")
     se.add_argument("--dataset", required=True, help="calibration corpus NAME:SPLIT")
-    se.add_argument("--n", type=int, default=32, help="calibration utterances, drawn by --seed")
+    se.add_argument("--n", type=_positive_int, default=32, help="calibration utterances, drawn by --seed")
     se.add_argument("--method", default="all", choices=["gradient", "fisher", "taylor", "obd", "all"])
     se.add_argument("--labels", default="reference", choices=["reference", "pseudo"],
                     help="sentence-cased references, or the model's own greedy transcripts")
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--data-root", default=None, help="folder holding corpora (default: $PRUNELIB_DATA)")
-    se.add_argument("--batch-size", type=int, default=16, help="decoding batch for pseudo labels")
-    se.add_argument("--chunk-size", type=int, default=1,
+    se.add_argument("--batch-size", type=_positive_int, default=16, help="decoding batch for pseudo labels")
+    se.add_argument("--chunk-size", type=_positive_int, default=1,
                     help="per-sample gradients vmapped this many at a time (1: a backward each; see bench/FISHER.md)")
     se.add_argument("--out", required=True, help="CSV file of per-component scores")
     se.set_defaults(run=_sensitivity)
@@ -155,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="calibration corpus NAME:SPLIT (wanda, owl)")
     ex.add_argument("--split", default=None,
                     help="notebook 02's 02_calibration.csv: calibrate on its utterances (default: draw speakers)")
-    ex.add_argument("--calibration-speakers", type=int, default=4, help="speakers drawn by --seed when no --split")
+    ex.add_argument("--calibration-speakers", type=_positive_int, default=4, help="speakers drawn by --seed when no --split")
     ex.add_argument("--scores", default=None, help="per-component scores CSV (sensitivity-fisher, -gradient)")
     ex.add_argument("--cap", type=float, default=0.7, help="no component beyond this (sensitivity allocators)")
     ex.add_argument("--seed", type=int, default=0)

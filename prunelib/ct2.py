@@ -6,6 +6,7 @@ that ``WhisperForConditionalGeneration.from_pretrained`` and ``WhisperProcessor.
 """
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import json
 import logging
@@ -279,6 +280,20 @@ def _build_tokenizer(tokenizer_json: Path, vocab_size: int) -> WhisperTokenizerF
     tokenizer.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)], special_tokens=False)
     if len(tokenizer) != vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab_size}")
+    return add_spelling_normalizer(tokenizer)
+
+
+def spelling_table() -> dict[str, str]:
+    """Whisper's English spelling table (the hub folders' normalizer.json), as the whisper-normalizer package ships it."""
+    path = importlib.resources.files("whisper_normalizer").joinpath("normalizers/english.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def add_spelling_normalizer(tokenizer: WhisperTokenizerFast) -> WhisperTokenizerFast:
+    """Give a tokenizer without one the English spelling table, so `tokenizer.normalize` works and
+    `save_pretrained` writes normalizer.json, as the hub's Whisper folders have it."""
+    if getattr(tokenizer, "english_spelling_normalizer", None) is None:
+        tokenizer.english_spelling_normalizer = spelling_table()
     return tokenizer
 
 

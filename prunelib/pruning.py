@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from prunelib.components import LINEAR_KINDS, TensorInfo, list_components, num_layers
+from prunelib.ct2 import add_spelling_normalizer
 
 # Kinds a stack-level selector may name; conv and embed are pruned only when named.
 _STACK_KINDS = {"encoder": ("self_attn", "ffn", "conv"),
@@ -136,17 +138,25 @@ def parse_prune_spec(text: str | PruneSpec | None) -> PruneSpec:
     return PruneSpec(tuple(_parse_item(item) for item in text.split(",")))
 
 
-def _select(selector: _Selector, infos: list[TensorInfo], layer_counts: dict[str, int]) -> list[str]:
+def _check_in_range(layers: slice | int, stack: str, count: int, text: str) -> None:
+    """Refuse a layer index or slice end beyond the stack: Python would clamp it while the spec's text kept the old range."""
+    if isinstance(layers, int):
+        bad = not -count <= layers < count
+    else:
+        bad = any(end is not None and not -count <= end <= count for end in (layers.start, layers.stop))
+    if bad:
+        raise ValueError(f"{text!r} reaches past the {count} {stack} layers of this model "
+                         f"(indices {-count}..{count - 1}); give a range inside them")
+
+
+def _select(selector: _Selector, infos: list[TensorInfo], layer_counts: dict[str, int], text: str) -> list[str]:
     chosen: list[str] = []
     for stack in selector.stacks:
         layers = None
         if selector.layers is not None:
             indices = range(layer_counts.get(stack, 0))
-            if isinstance(selector.layers, int):
-                inside = -len(indices) <= selector.layers < len(indices)
-                layers = {indices[selector.layers]} if inside else set()
-            else:
-                layers = set(indices[selector.layers])
+            _check_in_range(selector.layers, stack, len(indices), text)
+            layers = {indices[selector.layers]} if isinstance(selector.layers, int) else set(indices[selector.layers])
         for info in infos:
             if info.stack != stack or (layers is not None and info.layer not in layers):
                 continue
@@ -167,7 +177,7 @@ def resolve(spec: PruneSpec | str, model: nn.Module) -> list[tuple[PruneItem, li
     owner: dict[str, PruneItem] = {}
     resolved = []
     for item in spec.items:
-        names = _select(_parse_selector(item.selector)[1], infos, counts)
+        names = _select(_parse_selector(item.selector)[1], infos, counts, item.selector)
         if not names:
             layout = ", ".join(f"{n} {stack} layers" for stack, n in counts.items())
             raise ValueError(f"{item.selector!r} selects no tensors in this model ({layout})")
@@ -356,27 +366,51 @@ def prune_permanently(model: nn.Module, spec: PruneSpec | str,
     return sparsity_report(model, spec)
 
 
+EXPORT_MARKER = "prunelib_export.json"  # written into every export; only folders holding it are ever replaced
+
+
+def is_export(folder: Path) -> bool:
+    """Whether `folder` is an export this module wrote (it holds our marker file)."""
+    try:
+        return json.loads((folder / EXPORT_MARKER).read_text(encoding="utf-8")).get("written_by") == "prunelib"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def export_pruned(model: nn.Module, processor: Any, out_dir: str | Path,
                   report: SparsityReport | None = None) -> Path:
     """save_pretrained the model (and processor) and write sparsity_report.json beside it.
 
-    Written into a sibling folder first and moved into place at the end, so an interrupted export
-    never leaves a half-written model where a later notebook would load it.
+    Written into a fresh temporary folder beside `out_dir` and moved into place at the end, so an
+    interrupted export never leaves a half-written model where a later notebook would load it.
+    `out_dir` may be new, empty, or an earlier export (recognised by its marker file); anything
+    else is refused, so a mistyped path never replaces somebody's folder.
     """
     out = Path(out_dir)
-    # Only an earlier export is replaced: a mistyped --out must never delete someone's folder.
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "sparsity_report.json").exists())):
-        raise ValueError(f"{out} exists and is not an earlier export (no sparsity_report.json): "
+    if out.exists() and not is_export(out) and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an earlier prunelib export (no {EXPORT_MARKER}): "
                          "choose a new or empty folder")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    model.save_pretrained(partial)
-    if processor is not None:
-        processor.save_pretrained(partial)
-    report = report if report is not None else sparsity_report(model)
-    (partial / "sparsity_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        model.save_pretrained(fresh)
+        if processor is not None:
+            add_spelling_normalizer(processor.tokenizer)  # normalizer.json, as hub folders have it
+            processor.save_pretrained(fresh)
+        report = report if report is not None else sparsity_report(model)
+        (fresh / "sparsity_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        (fresh / EXPORT_MARKER).write_text(json.dumps({"written_by": "prunelib", "spec": report.spec}) + "\n")
+        earlier = None
+        if out.is_dir() and any(out.iterdir()):
+            # Move the earlier export aside first: a directory with entries cannot be renamed over.
+            earlier = Path(tempfile.mkdtemp(prefix=f".{out.name}.earlier-", dir=out.parent))
+            out.rename(earlier / out.name)
+        elif out.exists():
+            out.rmdir()
+        fresh.rename(out)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    if earlier is not None:
+        shutil.rmtree(earlier)  # holds only the earlier export, checked by its marker above
     return out

@@ -69,6 +69,20 @@ class Decoding:
         return settings
 
 
+def check_language(loaded: LoadedModel, language: str) -> None:
+    """Refuse a language the checkpoint cannot be told to decode in (any for English-only models but en)."""
+    if language == "auto":
+        return
+    if not loaded.is_multilingual:
+        if language != "en":
+            raise ValueError(f"{loaded.name} is English-only: it cannot decode language {language!r}; use en or auto")
+        return
+    known = sorted(token.strip("<|>") for token in loaded.model.generation_config.lang_to_id)
+    if language not in known:
+        raise ValueError(f"{loaded.name} knows no language {language!r}; use auto or a code such as "
+                         f"{', '.join(known[:8])} ... ({len(known)} in all)")
+
+
 def generate_kwargs(loaded: LoadedModel, decoding: Decoding) -> dict:
     """Keyword arguments for `model.generate` that implement `decoding` on this checkpoint."""
     generation_config = copy.deepcopy(loaded.model.generation_config)
@@ -76,6 +90,7 @@ def generate_kwargs(loaded: LoadedModel, decoding: Decoding) -> dict:
     # keeps the loaded model's own config untouched.
     generation_config.forced_decoder_ids = None
     kwargs: dict = {"generation_config": generation_config, "num_beams": decoding.num_beams, "do_sample": False}
+    check_language(loaded, decoding.language)
     if loaded.is_multilingual and decoding.language != "auto":
         kwargs["language"] = decoding.language
         kwargs["task"] = "transcribe"

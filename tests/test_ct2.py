@@ -116,6 +116,13 @@ def test_converted_folder_is_complete(converted) -> None:
         assert not hasattr(gen, "lang_to_id")
 
 
+def test_converted_folder_normalises_as_the_hub_folders_do(converted) -> None:
+    # The paper's scoring calls processor.tokenizer.normalize, which needs normalizer.json.
+    _, folder, _, processor = converted
+    assert (folder / "normalizer.json").exists()
+    assert processor.tokenizer.normalize("Mr. Smith's colour") == "mister smith is color"
+
+
 def _words(text: str) -> list[str]:
     return re.sub(r"[^a-z' ]", " ", text.lower()).split()
 

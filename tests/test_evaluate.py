@@ -236,6 +236,11 @@ def test_cli_eval_prints_json_last(shared_data, tmp_path, tiny_en):
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "openai/whisper-tiny.en", "--dataset", "nosuch:test"], "unknown corpus"),
+    (["--model", "openai/whisper-tiny.en", "--dataset", "fsdd:test", "--limit", "-1"], "--limit: must be at least 1"),
+    (["--model", "openai/whisper-tiny.en", "--dataset", "fsdd:test", "--language", "fr"], "English-only"),
+    (["--model", "openai/whisper-tiny.en", "--dataset", "fsdd:test", "--device", "nosuch"], "unknown device"),
+    (["--model", "openai/whisper-tiny.en", "--dataset", "fsdd:test", "--prune", "encoder.layers[2:10]=0.5"],
+     "reaches past the 4 encoder layers"),
     (["--model", "/no/such/model", "--dataset", "fsdd:test"], "cannot load model"),
     (["--model", "openai/whisper-tiny.en", "--dataset", "fsdd:test", "--prune", "decoder.self_attn=1.5"], "sparsity"),
 ])
@@ -307,3 +312,59 @@ def test_token_budget_stops_runaway_decoding(tiny_en, librivox):
     assert all(r["hit_token_budget"] for r in starved)
     for full, cut in zip(normal, starved):
         assert len(cut["hypothesis"].split()) < len(full["hypothesis"].split())
+
+
+def test_cuda_without_cuda_is_a_clear_error(monkeypatch):
+    import torch
+
+    from prunelib.models import check_device, load_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA; use --device cpu"):
+        check_device("cuda")
+    with pytest.raises(ValueError, match="no CUDA"):
+        load_model("openai/whisper-tiny.en", device="cuda:0")
+    assert check_device("cpu").type == "cpu"
+
+
+def test_a_config_with_more_layers_than_the_weights_is_refused(tiny_en, tmp_path):
+    from prunelib.models import ModelNotFoundError, load_model
+
+    folder = tmp_path / "model"
+    tiny_en.model.save_pretrained(folder)
+    tiny_en.processor.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["encoder_layers"] += 2  # two layers the weights do not have: randomly initialised before
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelNotFoundError, match=r"do not match its config.json .*model.encoder.layers.4"):
+        load_model(str(folder))
+
+
+def test_an_english_only_model_refuses_another_language(tiny_en, librivox):
+    with pytest.raises(ValueError, match="English-only"):
+        transcribe(tiny_en, librivox.utterances[:1], Decoding(language="fr"), progress=False)
+
+
+def test_a_damaged_sparsity_file_is_named_and_measured_again(tiny_en, librivox, tmp_path, caplog):
+    corpus = librivox.subset([librivox.utterances[0].id])
+    first = evaluate(tiny_en, corpus, prune="decoder.ffn=0.3", cache_dir=tmp_path, progress=False, n_boot=10)
+    sparsity_file = first.path.with_name(first.path.name.replace(".jsonl", ".sparsity.json"))
+    sparsity_file.write_text('{"sparsity": 1')
+    with caplog.at_level("WARNING"):
+        again = evaluate(tiny_en, corpus, prune="decoder.ffn=0.3", cache_dir=tmp_path, progress=False, n_boot=10)
+    assert str(sparsity_file) in caplog.text and "damaged" in caplog.text
+    assert again.from_cache and again.summary["sparsity"] == first.summary["sparsity"] > 0
+    assert json.loads(sparsity_file.read_text())["sparsity"] == first.summary["sparsity"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["sensitivity", "--model", "m", "--dataset", "fsdd:test", "--n", "-1", "--out", "x.csv"],
+    ["eval", "--model", "m", "--dataset", "fsdd:test", "--batch-size", "0"],
+    ["export", "--model", "m", "--allocator", "wanda", "--target", "0.4", "--out", "x", "--calibration-speakers", "0"],
+])
+def test_cli_counts_must_be_positive(argv, capsys):
+    from prunelib.__main__ import main
+
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2 and "must be at least 1" in capsys.readouterr().err

@@ -58,6 +58,12 @@ def test_wanda_export_restores_the_model_and_reloads_at_the_target(tiny_en, libr
     assert sparsity_report(reloaded).overall_linear == pytest.approx(0.3, abs=1e-3)
     saved = json.loads((tmp_path / "wanda_30" / "sparsity_report.json").read_text())
     assert saved["overall_linear"] == pytest.approx(report.overall_linear)
+    # A complete Hugging Face folder: the paper's scoring normalises with the saved tokenizer.
+    from transformers import WhisperProcessor
+
+    assert (tmp_path / "wanda_30" / "normalizer.json").exists()
+    tokenizer = WhisperProcessor.from_pretrained(tmp_path / "wanda_30").tokenizer
+    assert tokenizer.normalize("Mr. Smith's colour") == "mister smith is color"
 
 
 def test_cli_exports_a_magnitude_allocation(tiny_en, tmp_path, capsys):

@@ -15,6 +15,7 @@ from prunelib.pruning import (
     PruneSpec,
     compute_masks,
     export_pruned,
+    is_export,
     parse_prune_spec,
     prune_permanently,
     pruned,
@@ -147,10 +148,22 @@ def test_global_excludes_tied_embedding_and_global_embed_includes_it(tiny_whispe
 def test_empty_selection_names_layer_count():
     model = _model(encoder_layers=6)
     with pytest.raises(ValueError, match="selects no tensors.*6 encoder layers"):
-        resolve("encoder.layers[10:12]=0.5", model)
-    with pytest.raises(ValueError, match="selects no tensors.*6 encoder layers"):
-        resolve("encoder.layers[6].ffn=0.5", model)
+        resolve("encoder.layers[3:3]=0.5", model)
     assert len(resolve("encoder.layers[-6]=0.5", model)[0][1]) == 6
+
+
+@pytest.mark.parametrize("selector", ["encoder.layers[2:10]", "encoder.layers[10:12]", "encoder.layers[6].ffn",
+                                      "encoder.layers[-7:]", "encoder.layers[-7]"])
+def test_layer_ranges_past_the_stack_are_refused_not_clamped(selector):
+    # Python would clamp [2:10] to [2:6] while every label kept saying [2:10].
+    with pytest.raises(ValueError, match=r"reaches past the 6 encoder layers"):
+        resolve(f"{selector}=0.5", _model(encoder_layers=6))
+
+
+def test_layer_ranges_that_fit_exactly_are_accepted():
+    model = _model(encoder_layers=4)
+    assert resolve("encoder.layers[-4:]=0.5", model)[0][1] == resolve("encoder.layers[0:4]=0.5", model)[0][1]
+    assert len(resolve("encoder.layers[:4].ffn=0.5", model)[0][1]) == 8
 
 
 def test_duplicate_tensor_is_rejected(tiny_whisper):
@@ -335,9 +348,33 @@ def test_export_replaces_an_earlier_export_and_leaves_no_partial_folder(tiny_whi
 
 def test_export_refuses_to_replace_a_folder_that_is_not_an_export(tiny_whisper, tmp_path):
     (tmp_path / "notes.txt").write_text("someone's work")
-    with pytest.raises(ValueError, match="not an earlier export"):
+    with pytest.raises(ValueError, match="not an earlier prunelib export"):
         export_pruned(tiny_whisper, None, tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "someone's work"
+    # A folder that merely holds a file of the same name as ours is somebody else's too.
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "sparsity_report.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an earlier prunelib export"):
+        export_pruned(tiny_whisper, None, theirs)
+    assert sorted(p.name for p in theirs.iterdir()) == ["sparsity_report.json"]
+
+
+def test_export_never_touches_a_users_folder_beside_it(tiny_whisper, tmp_path):
+    # The old export staged into "<out>.partial" and deleted whatever was there first.
+    mine = tmp_path / "export.partial"
+    mine.mkdir()
+    (mine / "draft.txt").write_text("keep me")
+    out = export_pruned(tiny_whisper, None, tmp_path / "export")
+    export_pruned(tiny_whisper, None, out)
+    assert (mine / "draft.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "export.partial"]
+    assert is_export(out) and not is_export(mine)
+
+
+def test_export_into_an_empty_folder(tiny_whisper, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert is_export(export_pruned(tiny_whisper, None, tmp_path / "empty"))
 
 
 def test_paper_denominator_counts_tied_tensor_once(tiny_whisper):
