@@ -39,7 +39,7 @@ class Evaluation:
 
     records: list[dict]
     summary: dict
-    path: Path  # the per-utterance JSONL file
+    path: Path  # the per-utterance JSONL file: exactly these records
     from_cache: bool = False
     report: object | None = field(default=None, repr=False)  # the SparsityReport of the prune (None when read from cache)
 
@@ -76,10 +76,10 @@ def _decoder_identity(loaded: LoadedModel) -> dict:
 
 
 def evaluation_key(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, prune: str, importance: str) -> str:
-    """The cache file's key: every setting that can change a transcript, and nothing else.
+    """The cache file's key: which utterances, and every setting that can change a transcript.
 
-    Which utterances, and what their audio and references hold, is not in the key: each cached
-    record carries its audio fingerprint and reference and is reused only while both match.
+    What the utterances' audio and references hold is not in the key: each cached record carries
+    its audio fingerprint and reference and is reused only while both match.
     """
     decoding_key = decoding.key()
     if not loaded.is_multilingual:
@@ -90,6 +90,8 @@ def evaluation_key(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, prun
         weights=loaded.fingerprint,
         decoder=_decoder_identity(loaded),
         corpus=corpus.name,
+        # The file holds exactly the scored utterances, so rescoring it gives the same number.
+        utterances=results.cache_key(ids=[u.id for u in corpus.utterances]),
         decoding=decoding_key,
         prune=prune,
         importance=importance,
@@ -175,11 +177,11 @@ def evaluate(
     """Transcribe and score `corpus` with `prune` applied temporarily (weights restored after).
 
     Per-utterance records are cached under `cache_dir` (default <results>/cache) by model,
-    weights, decoder settings, corpus, decoding and prune spec: a repeat call reuses every
-    record whose audio and reference are unchanged and decodes the rest (missing, edited or
-    new utterances), and an interrupted run resumes where it stopped. The score covers exactly
-    the corpus's utterances; records of others in the file are ignored and counted. With `reuse_encoder`, encoder outputs kept
-    in memory from earlier calls are reused when the encoder's weights are the same: every
+    weights, decoder settings, corpus and its utterance ids, decoding and prune spec: a repeat
+    call reuses every record whose audio and reference are unchanged and decodes the rest
+    (missing or edited ones), and an interrupted run resumes where it stopped. The score covers
+    exactly the corpus's utterances; records of others found in the file are ignored and
+    counted (and dropped when the file is next rewritten). With `reuse_encoder`, encoder outputs kept in memory from earlier calls are reused when the encoder's weights are the same: every
     prune that leaves the encoder dense, and the same prune under another decoding pipeline.
     """
     spec = parse_prune_spec(prune)
@@ -210,9 +212,7 @@ def evaluate(
             shared = encoder_key(loaded, spec, importance_label) if reuse_encoder else None
             records, n_decoded = _decode_missing(loaded, corpus, decoding, done, fingerprints, partial, shared,
                                                  progress)
-        # Records of other utterances stay in the file for later calls; stale ones are replaced.
-        kept = [record for utt_id, record in stored.items() if utt_id not in fingerprints]
-        distributed.write_jsonl_once(final, kept + records)
+        distributed.write_jsonl_once(final, records)
         partial.unlink(missing_ok=True)
     if sparsity is None:
         if report is None:
