@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from prunelib import sensitivity as sens
-from prunelib.components import TensorInfo, list_components, num_layers
+from prunelib.components import TensorInfo, layer_thirds, list_components, num_layers
 from prunelib.corpora import Corpus
 from prunelib.models import LoadedModel
 from prunelib.pruning import SparsityReport, parse_prune_spec, pruned
@@ -132,11 +132,11 @@ def random_allocation(model: nn.Module, target: float, seed: int) -> Allocation:
 def paper_schedule(model: nn.Module) -> Allocation:
     """The paper's hand-set table, each matrix pruned by magnitude on its own."""
     items = [f"{selector}:local={sparsity!r}" for selector, sparsity in PAPER_TABLE.items()]
-    count = num_layers(model)["decoder"]
-    bounds = [round(count * k / 3) for k in range(4)]  # thirds as pl.sweep.layer_thirds cuts them
-    for i, (third, sparsity) in enumerate(PAPER_DECODER_FFN.items()):
-        if bounds[i] < bounds[i + 1]:  # a stack of fewer than 3 layers has empty thirds
-            items.append(f"decoder.layers[{bounds[i]}:{bounds[i + 1]}].ffn:local={sparsity!r}")
+    thirds = layer_thirds(num_layers(model)["decoder"])
+    for third, sparsity in PAPER_DECODER_FFN.items():
+        layers = thirds[third]
+        if layers:  # a stack of fewer than 3 layers has empty thirds
+            items.append(f"decoder.layers[{layers.start}:{layers.stop}].ffn:local={sparsity!r}")
     return Allocation("paper", None, ",".join(items))
 
 

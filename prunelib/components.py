@@ -15,6 +15,7 @@ from transformers.models.whisper.modeling_whisper import WhisperDecoder, Whisper
 STACKS = ("encoder", "decoder")
 KINDS = ("self_attn", "cross_attn", "ffn", "conv", "embed", "embed_positions", "layer_norm", "bias")
 LINEAR_KINDS = ("self_attn", "cross_attn", "ffn")
+THIRDS = ("early", "middle", "late")
 
 _ATTENTION = {"self_attn": "self_attn", "encoder_attn": "cross_attn"}
 _PROJECTIONS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "out"}
@@ -28,6 +29,27 @@ _STACK_MODULES = {"conv1": ("conv", "conv1"), "conv2": ("conv", "conv2"),
                   "embed_tokens": ("embed", "tokens"),
                   "embed_positions": ("embed_positions", "positions"),
                   "layer_norm": ("layer_norm", "final")}
+
+
+def layer_thirds(n_layers: int) -> dict[str, range]:
+    """The early, middle and late third of a stack of `n_layers` layers, as layer ranges.
+
+    Cut at round(n * k / 3), so the thirds differ in size by at most one and the middle one is
+    the odd one out (4 layers: [0], [1, 2], [3]; 32 layers: 0-10, 11-20, 21-31). With fewer than
+    three layers some thirds are empty. The one definition that notebooks 02, 03 and 04 share.
+    """
+    if n_layers < 1:
+        raise ValueError(f"a stack needs at least one layer, got {n_layers}")
+    bounds = [round(n_layers * k / 3) for k in range(4)]
+    return {name: range(bounds[i], bounds[i + 1]) for i, name in enumerate(THIRDS)}
+
+
+def third_of(layer: int, n_layers: int) -> str:
+    """Which third ('early', 'middle', 'late') of a stack of `n_layers` layer `layer` lies in."""
+    for name, layers in layer_thirds(n_layers).items():
+        if layer in layers:
+            return name
+    raise ValueError(f"layer {layer} is outside a stack of {n_layers} layers")
 
 
 @dataclass(frozen=True)

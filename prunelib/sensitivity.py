@@ -32,13 +32,12 @@ from tqdm import tqdm
 
 from prunelib import results
 from prunelib.audio import SAMPLE_RATE, AudioError
-from prunelib.components import LINEAR_KINDS, component_table, num_layers
+from prunelib.components import LINEAR_KINDS, THIRDS, component_table, num_layers, third_of
 from prunelib.corpora import Corpus
 from prunelib.models import LoadedModel
 
 METHODS = ("gradient", "fisher", "taylor", "obd")
 LABELS = ("reference", "pseudo")
-THIRDS = ("early", "middle", "late")
 MAX_SECONDS = 30.0  # the encoder sees 30 s; longer audio would be cut while its label is not
 
 
@@ -360,16 +359,11 @@ def component_scores(model: nn.Module, scores: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def third(layer: int, n_layers: int) -> str:
-    """early / middle / late third of a stack of `n_layers` layers."""
-    return THIRDS[min(3 * layer // n_layers, 2)]
-
-
 def group_scores(model: nn.Module, components: pd.DataFrame) -> pd.DataFrame:
     """The paper's coarse groups: stack x linear kind, over all layers and per third of the layers."""
     layers = num_layers(model)
     linear = components[components["kind"].isin(LINEAR_KINDS) & components["layer"].notna()].copy()
-    linear["third"] = [third(int(layer), layers[stack]) for stack, layer in zip(linear["stack"], linear["layer"])]
+    linear["third"] = [third_of(int(layer), layers[stack]) for stack, layer in zip(linear["stack"], linear["layer"])]
     methods = [m for m in METHODS if m in components.columns]
     rows = []
     for part in ("all", *THIRDS):

@@ -9,7 +9,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from prunelib import results
-from prunelib.components import num_layers
+from prunelib.components import layer_thirds, num_layers
 from prunelib.corpora import Corpus
 from prunelib.evaluate import Evaluation, evaluate
 from prunelib.models import LoadedModel
@@ -18,13 +18,6 @@ from prunelib.scoring import paired_difference
 from prunelib.transcribe import Decoding
 
 log = logging.getLogger(__name__)
-
-
-def layer_thirds(model, stack: str) -> dict[str, str]:
-    """Early/middle/late layer slices of a stack, e.g. {'early': '[0:2]', ...} for 6 layers."""
-    count = num_layers(model)[stack]
-    bounds = [round(count * k / 3) for k in range(4)]
-    return {name: f"[{bounds[i]}:{bounds[i + 1]}]" for i, name in enumerate(("early", "middle", "late"))}
 
 
 def paper_component_groups(model, include_embeddings: bool = True) -> dict[str, str]:
@@ -38,8 +31,9 @@ def paper_component_groups(model, include_embeddings: bool = True) -> dict[str, 
         "encoder last 4 layers": "encoder.layers[-4:]",
     }
     for stack in ("encoder", "decoder"):
-        for third, layers in layer_thirds(model, stack).items():
-            groups[f"{stack} {third} layers"] = f"{stack}.layers{layers}"
+        for third, layers in layer_thirds(num_layers(model)[stack]).items():
+            if layers:  # a stack of fewer than 3 layers has empty thirds
+                groups[f"{stack} {third} layers"] = f"{stack}.layers[{layers.start}:{layers.stop}]"
     groups["encoder conv front-end"] = "encoder.conv"
     if include_embeddings:
         groups["decoder token embedding"] = "decoder.embed"

@@ -7,7 +7,7 @@ from torch import nn
 from transformers import WhisperForConditionalGeneration, WhisperModel
 
 from conftest import tiny_whisper_config
-from prunelib.components import component_table, list_components, num_layers
+from prunelib.components import component_table, layer_thirds, list_components, num_layers, third_of
 
 
 def _linear_weight_names(model: nn.Module) -> list[str]:
@@ -125,3 +125,23 @@ def test_component_table_columns(tiny_whisper):
 def test_non_whisper_model_is_rejected():
     with pytest.raises(ValueError, match="no WhisperEncoder"):
         list_components(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("n_layers", range(2, 33))
+def test_layer_thirds_partition_the_stack_in_order_and_agree_with_third_of(n_layers):
+    thirds = layer_thirds(n_layers)
+    assert list(thirds) == ["early", "middle", "late"]
+    assert [layer for layers in thirds.values() for layer in layers] == list(range(n_layers))
+    sizes = [len(layers) for layers in thirds.values()]
+    assert max(sizes) - min(sizes) <= 1
+    for name, layers in thirds.items():
+        assert all(third_of(layer, n_layers) == name for layer in layers)
+
+
+def test_layer_thirds_of_known_depths():
+    # tiny.en (4 layers), base (6) and large (32): the cuts notebooks 02, 03 and 04 all use.
+    assert {k: list(v) for k, v in layer_thirds(4).items()} == {"early": [0], "middle": [1, 2], "late": [3]}
+    assert {k: list(v) for k, v in layer_thirds(6).items()} == {"early": [0, 1], "middle": [2, 3], "late": [4, 5]}
+    assert third_of(21, 32) == "late" and third_of(20, 32) == "middle" and third_of(10, 32) == "early"
+    with pytest.raises(ValueError, match="outside a stack of 4"):
+        third_of(4, 4)
