@@ -6,7 +6,8 @@ from prunelib import allocation, claims, plots, sensitivity, sweep
 from prunelib.analysis import largest_differences, single_utterance_share, utterance_wer
 from prunelib.audio import AudioError, read_audio
 from prunelib.corpora import Corpus, CorpusError, Utterance, load_corpus
-from prunelib.evaluate import Evaluation, evaluate, project_root, results_root
+from prunelib.evaluate import Evaluation, evaluate
+from prunelib.paths import project_root, results_root
 from prunelib.models import LoadedModel, ModelNotFoundError, load_model, weights_fingerprint
 from prunelib.notebooks import check_parameters, output_dirs, resolve_data_root, set_seed, versions
 from prunelib.pruning import parse_prune_spec, prune_permanently, pruned, sparsity_report

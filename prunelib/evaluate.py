@@ -3,34 +3,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import transformers
 
-import prunelib
 from prunelib import distributed, results, scoring
 from prunelib.components import find_stacks
 from prunelib.corpora import Corpus
 from prunelib.models import LoadedModel
+from prunelib.paths import results_root
 from prunelib.pruning import parse_prune_spec, pruned, resolve
 from prunelib.transcribe import Decoding, transcribe
 
 log = logging.getLogger(__name__)
-
-RESULTS_ENV = "PRUNELIB_RESULTS"
-
-
-def project_root() -> Path:
-    """The repository root when prunelib runs from a checkout, else the working directory."""
-    checkout = Path(prunelib.__file__).resolve().parents[1]
-    return checkout if (checkout / "pyproject.toml").exists() else Path.cwd()
-
-
-def results_root() -> Path:
-    """Where results go: $PRUNELIB_RESULTS, else <repo>/results."""
-    return Path(os.environ.get(RESULTS_ENV, project_root() / "results"))
 
 
 @dataclass

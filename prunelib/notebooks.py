@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from prunelib.corpora import DATA_ENV, parse_corpus_name
-from prunelib.evaluate import project_root
+from prunelib.paths import project_root
 
 log = logging.getLogger(__name__)
 
