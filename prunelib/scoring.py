@@ -30,7 +30,7 @@ COUNT_COLUMNS = [
 
 # Fewer speakers than this and the block bootstrap has too few blocks to say anything
 # (one speaker: a single block, so every resample is the corpus itself); utterances are
-# resampled instead. Ten is a common floor for cluster resampling, not a tuned number.
+# resampled instead. Ten is a round floor fixed before any result was looked at, not a tuned number.
 MIN_SPEAKER_BLOCKS = 10
 
 # Bound the size of one (draws x blocks) index matrix so thousands of
