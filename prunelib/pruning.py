@@ -392,6 +392,7 @@ def export_pruned(model: nn.Module, processor: Any, out_dir: str | Path,
                          "choose a new or empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    earlier = None
     try:
         model.save_pretrained(fresh)
         if processor is not None:
@@ -400,7 +401,6 @@ def export_pruned(model: nn.Module, processor: Any, out_dir: str | Path,
         report = report if report is not None else sparsity_report(model)
         (fresh / "sparsity_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         (fresh / EXPORT_MARKER).write_text(json.dumps({"written_by": "prunelib", "spec": report.spec}) + "\n")
-        earlier = None
         if out.is_dir() and any(out.iterdir()):
             # Move the earlier export aside first: a directory with entries cannot be renamed over.
             earlier = Path(tempfile.mkdtemp(prefix=f".{out.name}.earlier-", dir=out.parent))
@@ -410,6 +410,9 @@ def export_pruned(model: nn.Module, processor: Any, out_dir: str | Path,
         fresh.rename(out)
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
+        if earlier is not None and not out.exists():
+            (earlier / out.name).rename(out)  # put the earlier export back where it was
+            earlier.rmdir()
         raise
     if earlier is not None:
         shutil.rmtree(earlier)  # holds only the earlier export, checked by its marker above

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -406,3 +407,19 @@ def test_report_contents(tiny_whisper):
         text = report.summary()
         assert "decoder.cross_attn=0.25" in text and "prunable linear" in text
         assert json.loads(json.dumps(report.to_dict()))["items"][0]["item"] == "encoder.layers[-1:]:local=0.5"
+
+
+def test_a_failed_replacement_puts_the_earlier_export_back(tiny_whisper, tmp_path, monkeypatch):
+    out = export_pruned(tiny_whisper, None, tmp_path / "export")
+    real_rename = Path.rename
+
+    def failing(self, target):
+        if self.name.startswith(".export.export-"):
+            raise OSError("disk full")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError, match="disk full"):
+        export_pruned(tiny_whisper, None, out)
+    monkeypatch.undo()
+    assert is_export(out) and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
