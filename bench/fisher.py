@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout without installing prunelib
 sys.path.insert(0, str(REPO / "bench"))
 
-from prunelib import sensitivity as sens  # noqa: E402
+from prunelib import calibration, gradients  # noqa: E402
 from prunelib.corpora import load_corpus  # noqa: E402
 from prunelib.models import load_model  # noqa: E402
 from run import common_arguments, machine, measured, mib  # noqa: E402
@@ -43,17 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine()
     loaded = load_model(args.model, device=args.device)
     corpus = load_corpus(args.dataset, data_root=args.data_root, limit=args.limit)
-    examples, skipped = sens.calibration_examples(loaded, corpus, sens.label_texts(loaded, corpus, "reference"))
+    examples, skipped = calibration.calibration_examples(loaded, corpus, calibration.label_texts(loaded, corpus, "reference"))
     if args.device == "cuda":
-        examples = [sens.Example(e.id, e.input_features.cuda(), e.decoder_input_ids.cuda(), e.labels.cuda())
+        examples = [calibration.Example(e.id, e.input_features.cuda(), e.decoder_input_ids.cuda(), e.labels.cuda())
                     for e in examples]
-    sens.measure(loaded.model, examples[:1], progress=False)  # warm-up: no run pays one-time initialisation
+    gradients.measure_gradients(loaded.model, examples[:1], progress=False)  # warm-up: no run pays one-time initialisation
 
     rows, reference = [], None
     for chunk in [1, *args.chunks]:
         print(f"chunk_size {chunk}: {len(examples)} utterances", flush=True)
         with measured(args.device) as m:
-            measurement = sens.measure(loaded.model, examples, progress=False, chunk_size=chunk)
+            measurement = gradients.measure_gradients(loaded.model, examples, progress=False, chunk_size=chunk)
         sums = measurement.sq_sums.to_numpy()
         reference = sums if reference is None else reference
         rows.append({"chunk": chunk, "seconds": m["seconds"], "peak": m["peak"], "start": m["start"],

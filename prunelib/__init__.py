@@ -2,7 +2,19 @@
 
 Notebooks use `import prunelib as pl`; the names below are the public interface.
 """
-from prunelib import allocation, claims, plots, sensitivity, sweep
+from prunelib import (
+    allocation,
+    calibration,
+    claims,
+    export,
+    gradients,
+    handoff,
+    plots,
+    readings,
+    reliability,
+    sensitivity,
+    sweep,
+)
 from prunelib.analysis import largest_differences, single_utterance_share, utterance_wer
 from prunelib.audio import AudioError, read_audio
 from prunelib.corpora import Corpus, CorpusError, Utterance, load_corpus
@@ -19,9 +31,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AudioError", "Corpus", "CorpusError", "Decoding", "Evaluation", "LoadedModel", "ModelNotFoundError",
-    "Utterance", "allocation", "check_parameters", "claims", "evaluate", "largest_differences", "load_corpus", "load_model",
+    "Utterance", "allocation", "calibration", "check_parameters", "claims", "export", "gradients", "handoff", "evaluate", "largest_differences", "load_corpus", "load_model",
     "normalize_text", "output_dirs", "plots", "paired_difference", "parse_prune_spec", "project_root", "prune_permanently",
-    "pruned", "read_audio", "read_jsonl", "resolve_data_root", "results_root", "score", "sensitivity", "set_seed",
+    "pruned", "read_audio", "read_jsonl", "readings", "reliability", "resolve_data_root", "results_root", "score",
+    "sensitivity", "set_seed",
     "single_utterance_share",
     "sparsity_report", "sweep", "transcribe", "utterance_wer", "versions", "weights_fingerprint", "write_csv_atomic", "write_jsonl_atomic",
 ]

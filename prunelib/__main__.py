@@ -50,6 +50,7 @@ def _notebooks(args: argparse.Namespace) -> dict:
 def _sensitivity(args: argparse.Namespace) -> dict:
     """Score every component on N seeded calibration utterances and write them as CSV."""
     from prunelib import sensitivity
+    from prunelib.calibration import seeded_order
     from prunelib.corpora import load_corpus
     from prunelib.models import load_model
     from prunelib.results import write_csv_atomic
@@ -59,14 +60,14 @@ def _sensitivity(args: argparse.Namespace) -> dict:
     if args.n > len(corpus):
         raise ValueError(f"--n {args.n} asks for more calibration utterances than {args.dataset} has ({len(corpus)})")
     # Only the N drawn utterances are labelled, so pseudo labels never decode the whole corpus.
-    corpus = corpus.subset(sensitivity.seeded_order(corpus, args.seed)[: args.n])
+    corpus = corpus.subset(seeded_order(corpus, args.seed)[: args.n])
     loaded = load_model(args.model)
     table, _ = sensitivity.calibrate(loaded, corpus, labels=args.labels, seed=args.seed, batch_size=args.batch_size,
                                     chunk_size=args.chunk_size)
     methods = list(sensitivity.METHODS) if args.method == "all" else [args.method]
     columns = ["component", "stack", "layer", "kind", "numel", *methods]
     write_csv_atomic(args.out, table[columns])
-    linear = sensitivity.linear_components(table).sort_values(methods[0], ascending=False)
+    linear = sensitivity.prunable_rows(table).sort_values(methods[0], ascending=False)
     return {"model": args.model, "dataset": args.dataset, "n": int(table["size"].max()),
             "skipped": table.attrs["skipped"], "labels": args.labels, "seed": args.seed, "method": args.method,
             "mean_loss": round(float(table["mean_loss"].iloc[0]), 4), "components": len(table),
@@ -76,7 +77,7 @@ def _sensitivity(args: argparse.Namespace) -> dict:
 
 def _export(args: argparse.Namespace) -> dict:
     """Allocate a target sparsity, prune a copy of the model and save it with its sparsity report."""
-    from prunelib import export
+    from prunelib import export, handoff
     from prunelib.allocation import NEEDS_NORMS
     from prunelib.corpora import load_corpus
     from prunelib.models import load_model
@@ -88,12 +89,12 @@ def _export(args: argparse.Namespace) -> dict:
     calibration = None
     if args.allocator in NEEDS_NORMS:
         corpus = load_corpus(args.dataset, data_root=args.data_root)
-        calibration = export.calibration_pool(corpus, args.split, args.calibration_speakers, args.seed)
+        calibration = handoff.calibration_pool(corpus, args.split, args.calibration_speakers, args.seed)
     scores = None
     if args.allocator.startswith("sensitivity-"):
         if not args.scores:
             raise ValueError(f"{args.allocator} needs --scores (notebook 02's or `prunelib sensitivity`'s CSV)")
-        scores = export.component_scores(args.scores, loaded.name)
+        scores = handoff.read_component_scores(args.scores, loaded.name)
     allocation, report = export.export_allocation(loaded, args.allocator, args.target, args.out,
                                                   calibration=calibration, scores=scores, seed=args.seed,
                                                   cap=args.cap)

@@ -4,7 +4,7 @@ Every allocator except the paper's fixed table hits the target over the *prunabl
 weights* (the q/k/v/out and fc1/fc2 matrices of every layer: what `SparsityReport.overall_linear`
 counts) to within rounding, so that allocators are compared at matched sparsity on one
 denominator. The paper's denominator (every parameter named *weight*, the tied embedding once)
-is reported beside it by `measure`. Allocators:
+is reported beside it by `reached_sparsity`. Allocators:
 
 * ``global``        one magnitude threshold pooled over all prunable linear weights.
 * ``global+embed``  the paper's baseline: the pool also holds the tied token embedding / output
@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from prunelib import sensitivity as sens
+from prunelib.calibration import calibration_examples, label_texts
 from prunelib.components import TensorInfo, layer_thirds, list_components, num_layers
 from prunelib.corpora import Corpus
 from prunelib.models import LoadedModel
@@ -143,7 +143,7 @@ def paper_schedule(model: nn.Module) -> Allocation:
 # ---- sensitivity-aware water-filling ---------------------------------------------------------
 
 
-def linear_components(model: nn.Module) -> dict[str, list[TensorInfo]]:
+def tensors_by_component(model: nn.Module) -> dict[str, list[TensorInfo]]:
     """Prunable linear tensors grouped by component label (``decoder.layers[3].ffn``), in model order."""
     groups: dict[str, list[TensorInfo]] = {}
     for info in linear_tensors(model):
@@ -196,7 +196,7 @@ def sensitivity_aware(model: nn.Module, target: float, scores: Mapping[str, floa
         raise ValueError(f"cap must lie in (0, 1), got {cap!r}")
     if target > cap:
         raise ValueError(f"target {target} cannot be reached with no component above cap {cap}")
-    groups = linear_components(model)
+    groups = tensors_by_component(model)
     scores = dict(scores)
     missing = [c for c in groups if c not in scores]
     if missing:
@@ -242,7 +242,7 @@ def collect_input_norms(model: nn.Module, batches: Iterable[Mapping[str, torch.T
     """L2 norm over every token of each input channel of every prunable linear layer.
 
     Each batch is passed as `model(**batch)`: give `input_features` and teacher-forced
-    `decoder_input_ids` (for example from `sensitivity.calibration_examples`) so that the
+    `decoder_input_ids` (for example from `calibration.calibration_examples`) so that the
     decoder's layers see real inputs. Returns {weight name: (in_features,) norms}.
     """
     modules = dict(model.named_modules())
@@ -279,8 +279,8 @@ def calibration_norms(loaded: LoadedModel, calibration: Corpus) -> tuple[dict[st
     The decoder input is each utterance's sentence-cased reference; utterances over 30 s or
     unreadable are skipped, as in the sensitivity scores.
     """
-    texts = sens.label_texts(loaded, calibration, "reference")
-    examples, skipped = sens.calibration_examples(loaded, calibration, texts)
+    texts = label_texts(loaded, calibration, "reference")
+    examples, skipped = calibration_examples(loaded, calibration, texts)
     if not examples:
         raise ValueError(f"no usable calibration utterance in {calibration.name} (all over 30 s or unreadable)")
     batches = [{"input_features": e.input_features[None], "decoder_input_ids": e.decoder_input_ids[None]}
@@ -418,7 +418,44 @@ def allocate(name: str, model: nn.Module, target: float, scores: pd.DataFrame | 
     raise ValueError(f"unknown allocator {name!r}; known: {', '.join(ALLOCATORS)}")
 
 
-def measure(model: nn.Module, allocation: Allocation) -> SparsityReport:
+def allocation_plan(model: nn.Module, allocators: Sequence[str], targets: Sequence[float], seeds: Sequence[int] = (0,),
+                    seed: int = 0, **settings) -> list[Allocation]:
+    """Every allocator of `allocators` at every target (the random one once per seed), then the paper's table.
+
+    `settings` go to `allocate` (scores, norms, cap, owl_lambda, owl_outlier, wanda_scores).
+    """
+    plan = []
+    for target in targets:
+        for name in allocators:
+            if name == "paper":
+                continue
+            for allocation_seed in (seeds if name == "random" else [seed]):
+                plan.append(allocate(name, model, target, seed=allocation_seed, **settings))
+    if "paper" in allocators:
+        plan.append(paper_schedule(model))
+    return plan
+
+
+@torch.no_grad()
+def magnitude_scale(model: nn.Module, quantile: float = 0.4) -> pd.DataFrame:
+    """Per group of weights (``encoder.ffn``, ``decoder.embed``): size, median |w|, and the share below the pooled quantile.
+
+    Why one global threshold is not neutral: groups whose weights are small lose far more than `quantile`.
+    """
+    params = dict(model.named_parameters())
+    groups: dict[str, list[torch.Tensor]] = {}
+    for info in list_components(model):
+        if info.prunable or info.kind == "embed":
+            groups.setdefault(f"{info.stack}.{info.kind}", []).append(params[info.name].detach().abs().reshape(-1))
+    magnitudes = {group: torch.cat(parts) for group, parts in groups.items()}
+    pooled = torch.cat(list(magnitudes.values()))
+    threshold = pooled.kthvalue(int(quantile * pooled.numel())).values.item()
+    return pd.DataFrame({group: {"weights": values.numel(), "median |w|": values.median().item(),
+                                 f"below the pooled {quantile:.0%} quantile": (values < threshold).double().mean().item()}
+                         for group, values in magnitudes.items()}).T
+
+
+def reached_sparsity(model: nn.Module, allocation: Allocation) -> SparsityReport:
     """Apply the allocation temporarily and report the sparsity it reaches (weights restored)."""
     with pruned(model, parse_prune_spec(allocation.spec), importance=allocation.importance) as report:
         return report

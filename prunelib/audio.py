@@ -8,7 +8,8 @@ import numpy as np
 import soundfile
 import soxr
 
-SAMPLE_RATE = 16_000
+SAMPLE_RATE = 16_000  # Whisper's feature extractor expects 16 kHz
+WINDOW_SECONDS = 30.0  # Whisper's encoder reads exactly 30 s of log-mel features
 
 
 class AudioError(ValueError):

@@ -45,12 +45,21 @@ def _interval(row: pd.Series) -> str:
     return f"[{row['delta_lo']:+.2f}, {row['delta_hi']:+.2f}]"
 
 
-def _nearest(table: pd.DataFrame, component: str, sparsity: float) -> pd.Series | None:
+def nearest_row(table: pd.DataFrame, component: str, sparsity: float = 0.5) -> pd.Series | None:
     """The row of `component` whose sparsity is closest to `sparsity`, or None."""
     rows = table[table["component"] == component]
     if rows.empty:
         return None
     return rows.iloc[(rows["requested_sparsity"] - sparsity).abs().argmin()]
+
+
+def interval_side(row: pd.Series) -> str:
+    """Where a row's paired interval of the WER change lies, in words: below 0, above 0, or across it."""
+    if row["delta_hi"] < 0:
+        return "lower WER (interval below 0)"
+    if row["delta_lo"] > 0:
+        return "higher WER (interval above 0)"
+    return "no detectable change (interval spans 0)"
 
 
 def judge_worse(row: pd.Series) -> str:
@@ -111,7 +120,7 @@ def ablation_claims(ablation: pd.DataFrame, model: str) -> list[Verdict]:
                   ("decoder self-attn 50% improves", "decoder self-attn", "improves"),
                   ("last 4 encoder layers 50% improves", "encoder last 4 layers", "improves")]
         for claim, component, kind in checks:
-            row = _nearest(table, component, 0.5)
+            row = nearest_row(table, component, 0.5)
             if row is None:
                 continue
             ours = f"{dense['wer']:.2f} -> {row['wer']:.2f} at {row['requested_sparsity']:.0%}"
@@ -123,6 +132,61 @@ def ablation_claims(ablation: pd.DataFrame, model: str) -> list[Verdict]:
                 paper = f"{PAPER_DENSE:.2f} -> {PAPER[claim]:.2f}"
             verdicts.append(Verdict(claim, paper, ours, _interval(row), setting, verdict, RULES[kind]))
     return verdicts
+
+
+COMPONENT_CLAIMS = (  # (component label of notebook 03, what the paper says of it at 50%)
+    ("decoder FFN", "fragile (large WER increase)"),
+    ("decoder self-attn", "improves WER at 50%"),
+    ("encoder last 4 layers", "improves WER at 50%"),
+)
+
+
+def ablation_findings(ablation: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 03's claims table: each claimed component nearest 50%, per pipeline, and its interval's side."""
+    rows = []
+    for component, claim in COMPONENT_CLAIMS:
+        for language, table in ablation.groupby("language", sort=False):
+            row = nearest_row(table, component)
+            if row is None:
+                continue
+            rows.append({"component": component, "paper says": claim, "pipeline": language,
+                         "sparsity": row["requested_sparsity"], "WER": round(row["wer"], 2),
+                         "change": round(row["delta_wer"], 2), "95% interval": _interval(row),
+                         "here": interval_side(row)})
+    return pd.DataFrame(rows)
+
+
+def gains(ablation: pd.DataFrame) -> pd.DataFrame:
+    """The pruned settings whose paired interval lies below zero: a real gain at this n."""
+    return ablation[(ablation["spec"] != "dense") & (ablation["delta_hi"] < 0)]
+
+
+def crossing(block: pd.DataFrame, level: float) -> float | None:
+    """Linear-weight sparsity (%) where an allocator's WER change first reaches `level`, or None.
+
+    Interpolated linearly between grid points, starting from dense (0%, change 0); `block` holds
+    one allocator's rows sorted by sparsity.
+    """
+    xs = [0.0, *block["sparsity_linear"]]
+    ys = [0.0, *block["delta_wer"]]
+    for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:]):
+        if y1 >= level:
+            return x0 + (x1 - x0) * (level - y0) / (y1 - y0) if y1 > y0 else x1
+    return None
+
+
+CROSSING_LEVELS = (1.0, 5.0)  # WER points above dense
+
+
+def crossings(results_04: pd.DataFrame) -> pd.DataFrame:
+    """Per matched allocator: the sparsity where its WER change first reaches +1 and +5 points."""
+    matched = results_04[results_04["target"].notna() & (results_04["allocator"] != "dense")]
+    rows = []
+    for name, block in matched.groupby("allocator", sort=False):
+        block = block.sort_values("sparsity_linear")
+        rows.append({"allocator": name, **{f"+{level:g} point{'s' if level != 1 else ''} at": crossing(block, level)
+                                          for level in CROSSING_LEVELS}})
+    return pd.DataFrame(rows)
 
 
 def allocation_claims(results_04: pd.DataFrame, model: str, target: float = 0.4) -> list[Verdict]:
@@ -187,3 +251,25 @@ def claims_table(summaries: Path, model: str) -> pd.DataFrame:
     table = pd.DataFrame([vars(v) for v in verdicts])
     table.attrs["missing"] = missing
     return table
+
+
+PAPER_READING = (  # (what the paper concludes, group, direction): "fragile" means above average
+    ("decoder FFN is fragile", "decoder.ffn", "fragile"),
+    ("decoder self-attention is redundant", "decoder.self_attn", "redundant"),
+    ("late encoder layers are redundant", "encoder (late)", "redundant"),
+)
+
+
+def compare_with_paper(groups: pd.DataFrame, method: str) -> pd.DataFrame:
+    """Each of the paper's readings against ours: the group's score over the linear-weight mean."""
+    overall = groups[groups["third"] == "all"]
+    mean = float((overall[method] * overall["numel"]).sum() / overall["numel"].sum())
+    late_encoder = groups[(groups["stack"] == "encoder") & (groups["third"] == "late")]
+    scores = {row.group: getattr(row, method) for row in overall.itertuples()}
+    scores["encoder (late)"] = float((late_encoder[method] * late_encoder["numel"]).sum() / late_encoder["numel"].sum())
+    rows = []
+    for claim, group, direction in PAPER_READING:
+        ratio = scores[group] / mean
+        rows.append({"paper": claim, "group": group, "method": method, "score / linear mean": ratio,
+                     "agrees": ratio > 1 if direction == "fragile" else ratio < 1})
+    return pd.DataFrame(rows)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from prunelib.audio import AudioError, read_audio, to_mono_16k
+from prunelib.audio import SAMPLE_RATE, AudioError, read_audio, to_mono_16k
 from prunelib.hub import hub_endpoint, hub_reachable
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,8 @@ class Utterance:
             raise AudioError(f"utterance {self.id} has no audio source")
         audio = read_audio(self.path)
         if self.start is not None:
-            first = int(round(self.start * 16_000))
-            last = None if self.end is None else int(round(self.end * 16_000))
+            first = int(round(self.start * SAMPLE_RATE))
+            last = None if self.end is None else int(round(self.end * SAMPLE_RATE))
             audio = audio[first:last]
             if audio.size == 0:
                 raise AudioError(f"segment {self.start}-{self.end}s of {self.path} is empty")

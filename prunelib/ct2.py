@@ -30,6 +30,8 @@ from transformers import (
     WhisperTokenizerFast,
 )
 
+from prunelib.audio import SAMPLE_RATE, WINDOW_SECONDS
+
 logger = logging.getLogger(__name__)
 
 # Per hub model name, the pip packages that together hold its CTranslate2 checkpoint.
@@ -60,8 +62,6 @@ _SPEC_NAME = "WhisperSpec"
 # CTranslate2 dtype codes; bfloat16 (5) has no numpy dtype and is widened by hand.
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}
 _CT2_GELU = 3
-_SAMPLING_RATE = 16000
-_CHUNK_SECONDS = 30
 
 Scalar = int | float
 
@@ -397,7 +397,7 @@ def convert_ct2_to_hf(model_name: str, out_dir: Path) -> Path:
     model.eval()
 
     feature_extractor = WhisperFeatureExtractor(
-        feature_size=config.num_mel_bins, sampling_rate=_SAMPLING_RATE, chunk_length=_CHUNK_SECONDS
+        feature_size=config.num_mel_bins, sampling_rate=SAMPLE_RATE, chunk_length=int(WINDOW_SECONDS)
     )
     processor = WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
 

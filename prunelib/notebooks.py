@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import yaml
 
+from prunelib.allocation import ALLOCATORS
+from prunelib.calibration import LABELS
 from prunelib.corpora import DATA_ENV, parse_corpus_name
 from prunelib.paths import project_root
 
@@ -138,6 +140,7 @@ _TYPES = {
     "targets": list, "allocators": list, "seeds": list, "cap": float, "sensitivity_labels": str,
     "owl_lambda": float, "owl_outlier": float,
 }
+_CHOICES = {"label_choices": LABELS, "allocators": ALLOCATORS}
 
 
 def check_parameters(**parameters) -> None:
@@ -155,6 +158,13 @@ def check_parameters(**parameters) -> None:
     for sparsity in parameters.get("sparsities", []):
         if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
             raise ValueError(f"sparsities must lie in [0, 1), got {sparsity!r}")
+    for target in parameters.get("targets", []):
+        if not isinstance(target, (int, float)) or not 0 < target < 1:
+            raise ValueError(f"targets must lie in (0, 1), got {target!r}")
+    for name, known in _CHOICES.items():
+        unknown = set(parameters.get(name, [])) - set(known)
+        if unknown:
+            raise ValueError(f"{name} must come from {known}, got {sorted(unknown)}")
     if parameters.get("limit") is not None and parameters["limit"] < 1:
         raise ValueError(f"limit must be positive or None, got {parameters['limit']}")
 

@@ -369,17 +369,26 @@ def prune_permanently(model: nn.Module, spec: PruneSpec | str,
 EXPORT_MARKER = "prunelib_export.json"  # written into every export; only folders holding it are ever replaced
 
 
+def export_marker(folder: Path) -> dict | None:
+    """The marker of an export this module wrote (spec, and what `about` held), or None if `folder` is none."""
+    try:
+        marker = json.loads((Path(folder) / EXPORT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("written_by") == "prunelib" else None
+
+
 def is_export(folder: Path) -> bool:
     """Whether `folder` is an export this module wrote (it holds our marker file)."""
-    try:
-        return json.loads((folder / EXPORT_MARKER).read_text(encoding="utf-8")).get("written_by") == "prunelib"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return export_marker(folder) is not None
 
 
 def export_pruned(model: nn.Module, processor: Any, out_dir: str | Path,
-                  report: SparsityReport | None = None) -> Path:
+                  report: SparsityReport | None = None, about: dict | None = None) -> Path:
     """save_pretrained the model (and processor) and write sparsity_report.json beside it.
+
+    `about` (for example the allocator and its target) is stored in the marker file, where
+    `export_marker` reads it back: a later notebook learns what an export is without parsing its name.
 
     Written into a fresh temporary folder beside `out_dir` and moved into place at the end, so an
     interrupted export never leaves a half-written model where a later notebook would load it.
@@ -400,7 +409,7 @@ def export_pruned(model: nn.Module, processor: Any, out_dir: str | Path,
             processor.save_pretrained(fresh)
         report = report if report is not None else sparsity_report(model)
         (fresh / "sparsity_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        (fresh / EXPORT_MARKER).write_text(json.dumps({"written_by": "prunelib", "spec": report.spec}) + "\n")
+        (fresh / EXPORT_MARKER).write_text(json.dumps({**(about or {}), "written_by": "prunelib", "spec": report.spec}) + "\n")
         if out.is_dir() and any(out.iterdir()):
             # Move the earlier export aside first: a directory with entries cannot be renamed over.
             earlier = Path(tempfile.mkdtemp(prefix=f".{out.name}.earlier-", dir=out.parent))

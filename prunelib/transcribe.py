@@ -16,14 +16,13 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.modeling_outputs import BaseModelOutput
 from tqdm import tqdm
 
-from prunelib.audio import SAMPLE_RATE, AudioError
+from prunelib.audio import SAMPLE_RATE, WINDOW_SECONDS, AudioError
 from prunelib.corpora import Utterance
 from prunelib.encoder_cache import EncoderCache
 from prunelib.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
-CHUNK_SECONDS = 30.0  # Whisper's encoder reads exactly 30 s of log-mel features
 MAX_NEW_TOKENS = 440  # Whisper's 448 positions less the longest decoder prompt
 
 
@@ -186,7 +185,7 @@ def _decode_long(loaded: LoadedModel, arrays: list[np.ndarray], kwargs: dict,
         truncation=False, padding="longest", return_attention_mask=True,
     )
     input_features = features.input_features.to(device)
-    frames = int(CHUNK_SECONDS * SAMPLE_RATE) // loaded.processor.feature_extractor.hop_length
+    frames = int(WINDOW_SECONDS * SAMPLE_RATE) // loaded.processor.feature_extractor.hop_length
     languages = _languages(loaded, kwargs, len(arrays), input_features=input_features[..., :frames])
     output = loaded.model.generate(input_features, attention_mask=features.attention_mask.to(device),
                                    return_timestamps=True, **kwargs)
@@ -232,7 +231,7 @@ def transcribe(
     if on_batch is not None and records:
         on_batch(list(records))
     audio_items.sort(key=lambda item: len(item[1]), reverse=True)
-    limit = int(CHUNK_SECONDS * SAMPLE_RATE)
+    limit = int(WINDOW_SECONDS * SAMPLE_RATE)
     long_items = [item for item in audio_items if len(item[1]) > limit and decoding.long_form]
     short_items = [item for item in audio_items if not (len(item[1]) > limit and decoding.long_form)]
     batches = [long_items[i : i + 1] for i in range(len(long_items))]
@@ -266,7 +265,7 @@ def transcribe(
                     "decode_seconds": elapsed / len(batch),
                     "language": language,
                     "long_form": is_long,
-                    "truncated": seconds > CHUNK_SECONDS and not decoding.long_form,
+                    "truncated": seconds > WINDOW_SECONDS and not decoding.long_form,
                     "hit_token_budget": budget is not None and _content_tokens(seq, pad_id) >= budget,
                 }
             )

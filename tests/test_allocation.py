@@ -34,7 +34,7 @@ def norms(model) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def scores(model) -> pd.DataFrame:
     """Made-up component scores: all equal but one component a hundred times more sensitive."""
-    table = pd.DataFrame({"fisher": 1.0, "gradient": 1.0}, index=list(alloc.linear_components(model)))
+    table = pd.DataFrame({"fisher": 1.0, "gradient": 1.0}, index=list(alloc.tensors_by_component(model)))
     table.loc[SENSITIVE] = 100.0
     return table
 
@@ -43,7 +43,7 @@ def scores(model) -> pd.DataFrame:
 @pytest.mark.parametrize("target", [0.2, 0.5])
 def test_every_matched_allocator_hits_the_target(model, norms, scores, name, target):
     allocation = alloc.allocate(name, model, target, scores=scores, norms=norms, seed=0)
-    report = alloc.measure(model, allocation)
+    report = alloc.reached_sparsity(model, allocation)
     assert abs(report.overall_linear - target) < 0.001  # 0.1 percentage point
     assert report.overall_weights < report.overall_linear or name == "global+embed"
 
@@ -51,21 +51,21 @@ def test_every_matched_allocator_hits_the_target(model, norms, scores, name, tar
 def test_global_with_embedding_solves_its_pool_sparsity(model):
     allocation = alloc.global_magnitude(model, 0.4, embed=True)
     assert allocation.spec.startswith("global+embed=") and allocation.spec != "global+embed=0.4"
-    embed = alloc.component_sparsity(alloc.measure(model, allocation))["decoder.embed"]
+    embed = alloc.component_sparsity(alloc.reached_sparsity(model, allocation))["decoder.embed"]
     assert embed > 0  # the tied embedding is pruned on top of the linear target
-    assert "decoder.embed" not in alloc.component_sparsity(alloc.measure(model, alloc.global_magnitude(model, 0.4)))
+    assert "decoder.embed" not in alloc.component_sparsity(alloc.reached_sparsity(model, alloc.global_magnitude(model, 0.4)))
 
 
 def test_measure_restores_the_weights(model):
     before = {name: p.clone() for name, p in model.named_parameters()}
-    alloc.measure(model, alloc.uniform(model, 0.5))
+    alloc.reached_sparsity(model, alloc.uniform(model, 0.5))
     assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
 
 
 @pytest.mark.parametrize("method", alloc.SCORE_METHODS)
 def test_sensitivity_aware_respects_cap_and_spares_the_sensitive(model, scores, method):
     allocation = alloc.sensitivity_aware(model, 0.5, scores[method], method=method, cap=0.6)
-    sparsity = alloc.component_sparsity(alloc.measure(model, allocation))
+    sparsity = alloc.component_sparsity(alloc.reached_sparsity(model, allocation))
     assert sparsity.max() <= 0.6 + 1e-3  # per-matrix rounding only
     others = sparsity.drop(SENSITIVE)
     assert sparsity[SENSITIVE] < others.min()
@@ -76,7 +76,7 @@ def test_sensitivity_aware_cap_binds_and_rejects_infeasible_targets(model, score
     free[:] = 1.0
     free["encoder.layers[0].ffn"] = 0.0  # costless: greedy would prune it fully without the cap
     allocation = alloc.sensitivity_aware(model, 0.3, free, cap=0.5)
-    sparsity = alloc.component_sparsity(alloc.measure(model, allocation))
+    sparsity = alloc.component_sparsity(alloc.reached_sparsity(model, allocation))
     assert sparsity["encoder.layers[0].ffn"] == pytest.approx(0.5, abs=1e-3)
     with pytest.raises(ValueError, match="cap"):
         alloc.sensitivity_aware(model, 0.8, free, cap=0.7)
@@ -124,7 +124,7 @@ def test_owl_gives_outlier_layers_lower_sparsity(model, norms):
     ratios = alloc.outlier_ratios(model, spiked)
     assert ratios.idxmax() == "decoder.layers[2]"
     allocation = alloc.owl(model, 0.5, spiked, lam=0.1)
-    sparsity = alloc.component_sparsity(alloc.measure(model, allocation))
+    sparsity = alloc.component_sparsity(alloc.reached_sparsity(model, allocation))
     decoder2 = sparsity[[c for c in sparsity.index if c.startswith("decoder.layers[2].")]]
     assert decoder2.max() < sparsity.drop(decoder2.index).min()
     assert sparsity.max() - sparsity.min() == pytest.approx(0.2, abs=0.01)  # spread 2 lam
@@ -138,7 +138,7 @@ def test_paper_schedule_resolves_on_tiny_models(layers):
     assert allocation.target is None
     selected = [name for _, names in resolve(allocation.spec, tiny) for name in names]
     assert any("embed_tokens" in name for name in selected) and any("conv1" in name for name in selected)
-    sparsity = alloc.component_sparsity(alloc.measure(tiny, allocation))
+    sparsity = alloc.component_sparsity(alloc.reached_sparsity(tiny, allocation))
     assert sparsity["encoder.layers[0].ffn"] == pytest.approx(0.5, abs=0.01)
     assert sparsity[f"decoder.layers[{layers - 1}].ffn"] == pytest.approx(0.30, abs=0.01)
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from transformers import WhisperForConditionalGeneration
 
-from prunelib import export
+from prunelib import export, handoff
 from prunelib.__main__ import main
 from prunelib.corpora import load_corpus
 from prunelib.models import weights_fingerprint
@@ -24,14 +24,14 @@ def test_calibration_pool_reads_the_split_file(librivox, tmp_path):
     split = tmp_path / "02_calibration.csv"
     pd.DataFrame({"id": ids, "dataset": librivox.name,
                   "role": ["calibration", "calibration", "evaluation", "evaluation", "evaluation"]}).to_csv(split)
-    assert [u.id for u in export.calibration_pool(librivox, split).utterances] == ids[:2]
+    assert [u.id for u in handoff.calibration_pool(librivox, split).utterances] == ids[:2]
 
 
 def test_calibration_pool_rejects_another_corpus_split(librivox, tmp_path):
     split = tmp_path / "02_calibration.csv"
     pd.DataFrame({"id": ["a"], "dataset": ["earnings22:test"], "role": ["calibration"]}).to_csv(split)
     with pytest.raises(ValueError, match="earnings22:test, not librivox-mini:test"):
-        export.calibration_pool(librivox, split)
+        handoff.calibration_pool(librivox, split)
 
 
 def test_component_scores_keep_one_model_and_the_largest_size(tmp_path):
@@ -41,16 +41,16 @@ def test_component_scores_keep_one_model_and_the_largest_size(tmp_path):
     rows.append({**rows[0], "component": "decoder.embed", "layer": None, "kind": "embed"})
     path = tmp_path / "scores.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
-    table = export.component_scores(path, "b")
+    table = handoff.read_component_scores(path, "b")
     assert list(table.index) == ["decoder.layers[0].ffn", "decoder.layers[1].ffn"]
     assert table["fisher"].tolist() == [8, 9]
-    with pytest.raises(ValueError, match="no per-layer component scores for c"):
-        export.component_scores(path, "c")
+    with pytest.raises(ValueError, match=r"no per-layer component scores \(model c"):
+        handoff.read_component_scores(path, "c")
 
 
 def test_wanda_export_restores_the_model_and_reloads_at_the_target(tiny_en, librivox, tmp_path):
     before = weights_fingerprint(tiny_en.model)
-    calibration = export.calibration_pool(librivox, n_speakers=1, seed=0)
+    calibration = handoff.calibration_pool(librivox, n_speakers=1, seed=0)
     allocation, report = export.export_allocation(tiny_en, "wanda", 0.3, tmp_path / "wanda_30", calibration)
     assert weights_fingerprint(tiny_en.model) == before
     assert allocation.importance_name != "magnitude"  # activation-weighted, not plain magnitude

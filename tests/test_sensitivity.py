@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from prunelib import calibration, gradients, reliability
 from prunelib import sensitivity as sens
 from prunelib.components import list_components
 from prunelib.corpora import Corpus, Utterance
@@ -22,25 +23,25 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _examples(n: int, seed: int = 0) -> list[sens.Example]:
+def _examples(n: int, seed: int = 0) -> list[calibration.Example]:
     """Random teacher-forcing examples for the tiny Whisper (100 mel frames, vocab 64)."""
     generator = torch.Generator().manual_seed(seed)
     examples = []
     for i in range(n):
         features = torch.randn(80, 100, generator=generator)
         text = torch.randint(4, 64, (3 + i % 3,), generator=generator).tolist()
-        examples.append(sens.make_example(f"u{i}", features, prefix=[1, 3], text_ids=text, eos_id=2))
+        examples.append(calibration.make_example(f"u{i}", features, prefix=[1, 3], text_ids=text, eos_id=2))
     return examples
 
 
-def _per_sample_grads(model: nn.Module, examples: list[sens.Example]) -> list[dict[str, torch.Tensor]]:
+def _per_sample_grads(model: nn.Module, examples: list[calibration.Example]) -> list[dict[str, torch.Tensor]]:
     """Each example's gradient, computed separately with autograd.grad (no accumulation)."""
     params = dict(model.named_parameters())
     for p in params.values():
         p.requires_grad_(True)  # Whisper freezes its encoder positions; measure() scores them anyway
     grads = []
     for example in examples:
-        loss = sens.example_loss(model, example)
+        loss = calibration.example_loss(model, example)
         grads.append(dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True))))
     return [{name: g if g is not None else torch.zeros_like(params[name]) for name, g in row.items()} for row in grads]
 
@@ -53,15 +54,15 @@ def test_make_example_scores_text_and_end_token_only(tiny_whisper):
     logits = tiny_whisper(input_features=example.input_features[None],
                           decoder_input_ids=example.decoder_input_ids[None]).logits[0]
     manual = nn.functional.cross_entropy(logits[1:], example.labels[1:])
-    assert torch.allclose(sens.example_loss(tiny_whisper, example), manual)
+    assert torch.allclose(calibration.example_loss(tiny_whisper, example), manual)
 
 
 def test_every_linear_weight_scored_in_exactly_one_component(tiny_whisper):
-    measurement = sens.measure(tiny_whisper, _examples(3), progress=False)
-    scores = sens.tensor_scores(measurement)
+    measurement = gradients.measure_gradients(tiny_whisper, _examples(3), progress=False)
+    scores = gradients.tensor_scores(measurement)
     infos = list_components(tiny_whisper)
     assert set(scores.index) == {info.name for info in infos}
-    assert scores[list(sens.METHODS)].notna().all().all()
+    assert scores[list(gradients.METHODS)].notna().all().all()
     linear = [info for info in infos if info.prunable]
     assert linear and all(scores.loc[info.name, "fisher"] > 0 for info in linear)
     components = sens.component_scores(tiny_whisper, scores)
@@ -72,8 +73,8 @@ def test_every_linear_weight_scored_in_exactly_one_component(tiny_whisper):
 
 
 def test_cross_attention_is_never_labelled_encoder(tiny_whisper):
-    measurement = sens.measure(tiny_whisper, _examples(2), progress=False)
-    components = sens.component_scores(tiny_whisper, sens.tensor_scores(measurement))
+    measurement = gradients.measure_gradients(tiny_whisper, _examples(2), progress=False)
+    components = sens.component_scores(tiny_whisper, gradients.tensor_scores(measurement))
     cross = components[components["kind"] == "cross_attn"]
     assert len(cross) == tiny_whisper.config.decoder_layers
     assert (cross["stack"] == "decoder").all() and cross["component"].str.startswith("decoder.layers[").all()
@@ -85,10 +86,10 @@ def test_cross_attention_is_never_labelled_encoder(tiny_whisper):
 def test_fisher_and_gradient_match_brute_force(tiny_whisper):
     examples = _examples(4)
     grads = _per_sample_grads(tiny_whisper, examples)
-    measurement = sens.measure(tiny_whisper, examples, sizes=[2], progress=False)
+    measurement = gradients.measure_gradients(tiny_whisper, examples, sizes=[2], progress=False)
     params = dict(tiny_whisper.named_parameters())
     for size in (2, 4):
-        scores = sens.tensor_scores(measurement, size)
+        scores = gradients.tensor_scores(measurement, size)
         for name, w in params.items():
             per_sample = torch.stack([g[name] for g in grads[:size]])
             mean_grad = per_sample.mean(0)
@@ -106,15 +107,15 @@ def test_fisher_and_gradient_match_brute_force(tiny_whisper):
 def test_vmapped_per_sample_gradients_match_the_loop(tiny_whisper, chunk_size):
     # Five examples of three lengths: chunks pad their decoder inputs, and 5 is not a multiple of either chunk.
     examples = _examples(5)
-    loop = sens.measure(tiny_whisper, examples, sizes=[2], keep_per_weight=True, progress=False)
+    loop = gradients.measure_gradients(tiny_whisper, examples, sizes=[2], keep_per_weight=True, progress=False)
     attention = tiny_whisper.config._attn_implementation
-    vmapped = sens.measure(tiny_whisper, examples, sizes=[2], keep_per_weight=True, progress=False, chunk_size=chunk_size)
+    vmapped = gradients.measure_gradients(tiny_whisper, examples, sizes=[2], keep_per_weight=True, progress=False, chunk_size=chunk_size)
     assert tiny_whisper.config._attn_implementation == attention  # switched to eager only while vmapping
     np.testing.assert_allclose(vmapped.losses, loop.losses, rtol=1e-5)
     pd.testing.assert_frame_equal(vmapped.sq_sums, loop.sq_sums, rtol=1e-4)
     pd.testing.assert_frame_equal(vmapped.obd_sums, loop.obd_sums, rtol=1e-4)
     for size in (2, 5):
-        pd.testing.assert_frame_equal(sens.tensor_scores(vmapped, size), sens.tensor_scores(loop, size), rtol=1e-4)
+        pd.testing.assert_frame_equal(gradients.tensor_scores(vmapped, size), gradients.tensor_scores(loop, size), rtol=1e-4)
     for name, fisher in loop.fisher_diag.items():
         assert torch.allclose(vmapped.fisher_diag[name], fisher, rtol=1e-4, atol=1e-12), name
     assert all(not p.requires_grad or p.grad is None for p in tiny_whisper.parameters())
@@ -122,23 +123,23 @@ def test_vmapped_per_sample_gradients_match_the_loop(tiny_whisper, chunk_size):
 
 def test_chunk_size_must_be_positive(tiny_whisper):
     with pytest.raises(ValueError, match="chunk_size"):
-        sens.measure(tiny_whisper, _examples(2), progress=False, chunk_size=0)
+        gradients.measure_gradients(tiny_whisper, _examples(2), progress=False, chunk_size=0)
 
 
 def test_linear_scores_of_any_subset(tiny_whisper):
     examples = _examples(4)
-    measurement = sens.measure(tiny_whisper, examples, progress=False)
-    alone = sens.measure(tiny_whisper, [examples[3], examples[1]], progress=False)
-    subset = sens.linear_scores(measurement, ["u3", "u1"])
-    pd.testing.assert_frame_equal(subset, sens.tensor_scores(alone)[["fisher", "obd"]], rtol=1e-5)
+    measurement = gradients.measure_gradients(tiny_whisper, examples, progress=False)
+    alone = gradients.measure_gradients(tiny_whisper, [examples[3], examples[1]], progress=False)
+    subset = gradients.linear_scores(measurement, ["u3", "u1"])
+    pd.testing.assert_frame_equal(subset, gradients.tensor_scores(alone)[["fisher", "obd"]], rtol=1e-5)
 
 
 def test_weight_importance_averages_to_tensor_scores(tiny_whisper):
-    measurement = sens.measure(tiny_whisper, _examples(3), keep_per_weight=True, progress=False)
-    scores = sens.tensor_scores(measurement)
+    measurement = gradients.measure_gradients(tiny_whisper, _examples(3), keep_per_weight=True, progress=False)
+    scores = gradients.tensor_scores(measurement)
     params = dict(tiny_whisper.named_parameters())
     for method in ("taylor", "obd"):
-        importance = sens.weight_importance(tiny_whisper, measurement, method)
+        importance = gradients.weight_importance(tiny_whisper, measurement, method)
         assert set(importance) == set(params)
         for name, values in importance.items():
             assert values.shape == params[name].shape and not values.requires_grad
@@ -151,8 +152,8 @@ def test_scores_deterministic_and_model_untouched(tiny_whisper):
     tiny_whisper.model.encoder.conv1.weight.requires_grad_(False)
     flags = {name: p.requires_grad for name, p in tiny_whisper.named_parameters()}
     before = {name: p.detach().clone() for name, p in tiny_whisper.named_parameters()}
-    first = sens.tensor_scores(sens.measure(tiny_whisper, _examples(3), progress=False))
-    second = sens.tensor_scores(sens.measure(tiny_whisper, _examples(3), progress=False))
+    first = gradients.tensor_scores(gradients.measure_gradients(tiny_whisper, _examples(3), progress=False))
+    second = gradients.tensor_scores(gradients.measure_gradients(tiny_whisper, _examples(3), progress=False))
     pd.testing.assert_frame_equal(first, second, check_exact=True)
     assert first.loc["model.encoder.conv1.weight", "fisher"] > 0  # scored even though frozen
     for name, p in tiny_whisper.named_parameters():
@@ -168,31 +169,31 @@ def _corpus(speakers: list[str | None]) -> Corpus:
 
 def test_split_calibration_speaker_disjoint_and_seeded():
     corpus = _corpus([f"s{i % 6}" for i in range(30)])
-    calibration, evaluation = sens.split_calibration(corpus, 2, seed=0)
-    cal_speakers = {u.speaker for u in calibration.utterances}
+    pool, evaluation = calibration.split_calibration(corpus, 2, seed=0)
+    cal_speakers = {u.speaker for u in pool.utterances}
     assert len(cal_speakers) == 2 and not cal_speakers & {u.speaker for u in evaluation.utterances}
-    assert len(calibration) + len(evaluation) == len(corpus)
-    again, _ = sens.split_calibration(corpus, 2, seed=0)
-    assert [u.id for u in again.utterances] == [u.id for u in calibration.utterances]
-    others = {frozenset(u.speaker for u in sens.split_calibration(corpus, 2, seed=s)[0].utterances) for s in range(10)}
+    assert len(pool) + len(evaluation) == len(corpus)
+    again, _ = calibration.split_calibration(corpus, 2, seed=0)
+    assert [u.id for u in again.utterances] == [u.id for u in pool.utterances]
+    others = {frozenset(u.speaker for u in calibration.split_calibration(corpus, 2, seed=s)[0].utterances) for s in range(10)}
     assert len(others) > 1  # the seed chooses
     with pytest.raises(ValueError):
-        sens.split_calibration(corpus, 6, seed=0)  # nothing left to evaluate on
+        calibration.split_calibration(corpus, 6, seed=0)  # nothing left to evaluate on
 
 
 def test_split_calibration_utterance_disjoint_without_speakers():
     corpus = _corpus([None] * 5)
-    calibration, evaluation = sens.split_calibration(corpus, 3, seed=1)
-    assert len(calibration) == 3 and len(evaluation) == 2
-    assert not {u.id for u in calibration.utterances} & {u.id for u in evaluation.utterances}
-    assert sens.seeded_order(corpus, 1) == sens.seeded_order(corpus, 1)
-    assert sorted(sens.seeded_order(corpus, 1)) == [u.id for u in corpus.utterances]
+    pool, evaluation = calibration.split_calibration(corpus, 3, seed=1)
+    assert len(pool) == 3 and len(evaluation) == 2
+    assert not {u.id for u in pool.utterances} & {u.id for u in evaluation.utterances}
+    assert calibration.seeded_order(corpus, 1) == calibration.seeded_order(corpus, 1)
+    assert sorted(calibration.seeded_order(corpus, 1)) == [u.id for u in corpus.utterances]
 
 
 def test_sentence_case():
-    assert sens.sentence_case("I THINK I'M  SURE SAID IVAN") == "I think I'm sure said ivan"
-    assert sens.sentence_case("and i said no") == "And I said no"
-    assert sens.sentence_case("Already Written, yes.") == "Already Written, yes."
+    assert calibration.sentence_case("I THINK I'M  SURE SAID IVAN") == "I think I'm sure said ivan"
+    assert calibration.sentence_case("and i said no") == "And I said no"
+    assert calibration.sentence_case("Already Written, yes.") == "Already Written, yes."
 
 
 def test_stability_and_rank_agreement_tables(tiny_whisper):
@@ -200,19 +201,19 @@ def test_stability_and_rank_agreement_tables(tiny_whisper):
     for seed in (0, 1):
         examples = _examples(4, seed=0)
         order = np.random.default_rng(seed).permutation(4)
-        measurement = sens.measure(tiny_whisper, [examples[i] for i in order], sizes=[2], progress=False)
+        measurement = gradients.measure_gradients(tiny_whisper, [examples[i] for i in order], sizes=[2], progress=False)
         for size in (2, 4):
-            table = sens.component_scores(tiny_whisper, sens.tensor_scores(measurement, size))
+            table = sens.component_scores(tiny_whisper, gradients.tensor_scores(measurement, size))
             frames.append(table.assign(labels="reference", seed=seed, size=size))
     scores = pd.concat(frames, ignore_index=True)
-    stability = sens.stability_table(scores)
+    stability = reliability.stability_table(scores)
     # Seeds 0 and 1 at size 2, per method; the whole pool (size 4) is the reference, not a row.
-    assert len(stability) == len(sens.METHODS) * 2 and set(stability["size"]) == {2}
+    assert len(stability) == len(gradients.METHODS) * 2 and set(stability["size"]) == {2}
     assert stability["spearman"].between(-1, 1).all() and (stability["reference_size"] == 4).all()
-    summary = sens.stable_from(stability, threshold=0.9)
-    assert len(summary) == len(sens.METHODS) and "min rho @ 2" in summary.columns
-    last = sens.linear_components(scores[(scores["seed"] == 0) & (scores["size"] == 4)]).set_index("component")
-    matrix = sens.rank_agreement({m: last[m] for m in sens.METHODS})
+    summary = reliability.stable_from(stability, threshold=0.9)
+    assert len(summary) == len(gradients.METHODS) and "min rho @ 2" in summary.columns
+    last = sens.prunable_rows(scores[(scores["seed"] == 0) & (scores["size"] == 4)]).set_index("component")
+    matrix = reliability.rank_agreement({m: last[m] for m in gradients.METHODS})
     assert matrix.shape == (4, 4) and np.allclose(np.diag(matrix), 1.0)
     assert np.allclose(matrix, matrix.T) and ((matrix >= -1) & (matrix <= 1)).all().all()
 
@@ -225,8 +226,8 @@ def test_teacher_forcing_reproduces_the_models_own_transcripts(tiny_en, shared_d
     loaded = tiny_en
     monkeypatch.setenv("PRUNELIB_RESULTS", str(tmp_path))  # pseudo labels are decoded into a throwaway cache
     corpus = load_corpus("librivox-mini:test", data_root=shared_data, limit=2)
-    assert loaded.processor.tokenizer.decode(sens.prefix_ids(loaded)) == "<|startoftranscript|><|notimestamps|>"
-    examples, skipped = sens.calibration_examples(loaded, corpus, sens.label_texts(loaded, corpus, "pseudo"))
+    assert loaded.processor.tokenizer.decode(calibration.prefix_ids(loaded)) == "<|startoftranscript|><|notimestamps|>"
+    examples, skipped = calibration.calibration_examples(loaded, corpus, calibration.label_texts(loaded, corpus, "pseudo"))
     assert len(examples) == 2 and not skipped
     for example in examples:
         with torch.no_grad():
