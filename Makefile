@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The shared offline speech data sits beside the repository; $PRUNELIB_DATA overrides it.
 export PRUNELIB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install test unit nbval reproduce smoke clean-results
+.PHONY: install lint test unit nbval reproduce smoke clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+lint: install
+	$(PY) -m ruff check .
+
 unit: install
 	$(PY) -m pytest -q tests
 
@@ -24,6 +27,7 @@ nbval: install
 	$(PY) -m pytest -q --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg notebooks
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg notebooks
 

@@ -20,16 +20,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout without installing prunelib
 sys.path.insert(0, str(REPO / "bench"))
 
+from run import common_arguments, machine, measured, mib  # noqa: E402
+
 from prunelib import calibration, gradients  # noqa: E402
 from prunelib.corpora import load_corpus  # noqa: E402
 from prunelib.models import load_model  # noqa: E402
-from run import common_arguments, machine, measured, mib  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = common_arguments(__doc__.split("\n\n")[0], "calibration utterances (first N)")
-    parser.add_argument("--chunks", type=int, nargs="+", default=[4, 8], help="vmap chunk sizes to compare with the loop")
+    parser.add_argument(
+        "--chunks", type=int, nargs="+", default=[4, 8], help="vmap chunk sizes to compare with the loop"
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "FISHER.md"))
     return parser.parse_args(argv)
 
@@ -43,11 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine()
     loaded = load_model(args.model, device=args.device)
     corpus = load_corpus(args.dataset, data_root=args.data_root, limit=args.limit)
-    examples, skipped = calibration.calibration_examples(loaded, corpus, calibration.label_texts(loaded, corpus, "reference"))
+    examples, skipped = calibration.calibration_examples(
+        loaded, corpus, calibration.label_texts(loaded, corpus, "reference")
+    )
     if args.device == "cuda":
         examples = [calibration.Example(e.id, e.input_features.cuda(), e.decoder_input_ids.cuda(), e.labels.cuda())
                     for e in examples]
-    gradients.measure_gradients(loaded.model, examples[:1], progress=False)  # warm-up: no run pays one-time initialisation
+    gradients.measure_gradients(
+        loaded.model, examples[:1], progress=False
+    )  # warm-up: no run pays one-time initialisation
 
     rows, reference = [], None
     for chunk in [1, *args.chunks]:
@@ -76,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for row in rows:
         how = "one backward per utterance" if row["chunk"] == 1 else "vmap(grad), eager attention"
-        lines.append(f"| {row['chunk']} | {how} | {row['seconds']:.2f} | {row['seconds'] / len(examples):.2f} | "
-                     f"{loop / row['seconds']:.2f} | {mib(row['peak'])} | {mib(row['start'])} | {row['max_rel_diff']:.1e} |")
+        lines.append(
+            f"| {row['chunk']} | {how} | {row['seconds']:.2f} | {row['seconds'] / len(examples):.2f} | "
+            f"{loop / row['seconds']:.2f} | {mib(row['peak'])} | {mib(row['start'])} | {row['max_rel_diff']:.1e} |"
+        )
     lines += ["", "Peak memory: process RSS on CPU (sampled every 5 ms), `torch.cuda.max_memory_allocated` on CUDA. "
               "Memory grows with the chunk: each example in a chunk holds a full gradient and its own activations "
               "(with eager attention, every layer's attention matrix)."]

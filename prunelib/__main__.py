@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="calibration corpus NAME:SPLIT (wanda, owl)")
     ex.add_argument("--split", default=None,
                     help="notebook 02's 02_calibration.csv: calibrate on its utterances (default: draw speakers)")
-    ex.add_argument("--calibration-speakers", type=_positive_int, default=4, help="speakers drawn by --seed when no --split")
+    ex.add_argument(
+        "--calibration-speakers", type=_positive_int, default=4, help="speakers drawn by --seed when no --split"
+    )
     ex.add_argument("--scores", default=None, help="per-component scores CSV (sensitivity-fisher, -gradient)")
     ex.add_argument("--cap", type=float, default=0.7, help="no component beyond this (sensitivity allocators)")
     ex.add_argument("--seed", type=int, default=0)

@@ -22,8 +22,8 @@ is reported beside it by `reached_sparsity`. Allocators:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -248,7 +248,9 @@ def collect_input_norms(model: nn.Module, batches: Iterable[Mapping[str, torch.T
     modules = dict(model.named_modules())
     names = [info.name for info in linear_tensors(model)]
     linears = {name: modules[name.rsplit(".", 1)[0]] for name in names}
-    sums = {name: torch.zeros(m.in_features, dtype=torch.float64, device=m.weight.device) for name, m in linears.items()}
+    sums = {
+        name: torch.zeros(m.in_features, dtype=torch.float64, device=m.weight.device) for name, m in linears.items()
+    }
 
     def hook_for(name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -297,7 +299,9 @@ def _row_ranks(score: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def wanda_importance(model: nn.Module, norms: Mapping[str, torch.Tensor], per_row: bool = True) -> dict[str, torch.Tensor]:
+def wanda_importance(
+    model: nn.Module, norms: Mapping[str, torch.Tensor], per_row: bool = True
+) -> dict[str, torch.Tensor]:
     """Wanda scores |W_ij| * ||x_j||_2 per prunable linear weight, for `pruned(..., importance=)`.
 
     Wanda compares weights within each output row. The pruner selects per matrix (`:local`), so
@@ -377,7 +381,7 @@ def owl(model: nn.Module, target: float, norms: Mapping[str, torch.Tensor], lam:
     scaled = (values - values.min()) / spread * 2 * lam if spread > 0 else np.full(len(values), lam)
     weights = np.array(list(numel.values()), dtype=float)
     sparsity = _shift_to_target(target - scaled, weights / weights.sum(), target, cap)
-    items = [f"{layer}:local={_fmt(p)}" for layer, p in zip(numel, sparsity) if p > 0]
+    items = [f"{layer}:local={_fmt(p)}" for layer, p in zip(numel, sparsity, strict=True) if p > 0]
     importance = importance if importance is not None else wanda_importance(model, norms)
     return Allocation("owl", target, ",".join(items) or "dense", importance=importance,
                       importance_name=f"wanda-{_digest(norms)}")
@@ -438,7 +442,7 @@ def allocation_plan(model: nn.Module, allocators: Sequence[str], targets: Sequen
 
 @torch.no_grad()
 def magnitude_scale(model: nn.Module, quantile: float = 0.4) -> pd.DataFrame:
-    """Per group of weights (``encoder.ffn``, ``decoder.embed``): size, median |w|, and the share below the pooled quantile.
+    """Per group of weights (``encoder.ffn``, ``decoder.embed``): size, median |w|, share below the pooled quantile.
 
     Why one global threshold is not neutral: groups whose weights are small lose far more than `quantile`.
     """
@@ -450,9 +454,16 @@ def magnitude_scale(model: nn.Module, quantile: float = 0.4) -> pd.DataFrame:
     magnitudes = {group: torch.cat(parts) for group, parts in groups.items()}
     pooled = torch.cat(list(magnitudes.values()))
     threshold = pooled.kthvalue(int(quantile * pooled.numel())).values.item()
-    return pd.DataFrame({group: {"weights": values.numel(), "median |w|": values.median().item(),
-                                 f"below the pooled {quantile:.0%} quantile": (values < threshold).double().mean().item()}
-                         for group, values in magnitudes.items()}).T
+    return pd.DataFrame(
+        {
+            group: {
+                "weights": values.numel(),
+                "median |w|": values.median().item(),
+                f"below the pooled {quantile:.0%} quantile": (values < threshold).double().mean().item(),
+            }
+            for group, values in magnitudes.items()
+        }
+    ).T
 
 
 def reached_sparsity(model: nn.Module, allocation: Allocation) -> SparsityReport:
@@ -465,5 +476,5 @@ def component_sparsity(report: SparsityReport) -> pd.Series:
     """Sparsity per component label (``decoder.layers[3].ffn``, ``decoder.embed``) from a report."""
     table = report.components
     labels = [f"{stack}.{kind}" if pd.isna(layer) else f"{stack}.layers[{int(layer)}].{kind}"
-              for stack, layer, kind in zip(table["stack"], table["layer"], table["kind"])]
+              for stack, layer, kind in zip(table["stack"], table["layer"], table["kind"], strict=True)]
     return pd.Series(table["sparsity"].to_numpy(), index=labels, name="sparsity")

@@ -1,7 +1,7 @@
 """Compare systems utterance by utterance: where they differ, and why."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 

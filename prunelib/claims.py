@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import pandas as pd
@@ -19,10 +20,13 @@ NEAR = 1.0  # "near baseline": within one WER point of dense
 
 RULES = {
     "worse": "replicated when the paired 95% interval of the WER change lies above 0",
-    "improves": ("replicated when the paired interval lies below 0; not replicated when it lies above 0 or "
-                 "excludes the paper's relative gain; else inconclusive at this n"),
+    "improves": (
+        "replicated when the paired interval lies below 0; not replicated when it lies above 0 or "
+        "excludes the paper's relative gain; else inconclusive at this n"
+    ),
     "collapses": "replicated when WER at least doubles and the paired interval lies above 0",
-    "near": f"replicated when the paired interval's upper end is below +{NEAR:g} point; not when its lower end is above",
+    "near": (f"replicated when the paired interval's upper end is below +{NEAR:g} point; "
+             "not when its lower end is above"),
     "persists": "replicated when every other corpus shows a gain (interval below 0); not when any shows a loss",
 }
 
@@ -167,9 +171,8 @@ def crossing(block: pd.DataFrame, level: float) -> float | None:
     Interpolated linearly between grid points, starting from dense (0%, change 0); `block` holds
     one allocator's rows sorted by sparsity.
     """
-    xs = [0.0, *block["sparsity_linear"]]
-    ys = [0.0, *block["delta_wer"]]
-    for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:]):
+    points = [(0.0, 0.0), *zip(block["sparsity_linear"], block["delta_wer"], strict=True)]
+    for (x0, y0), (x1, y1) in pairwise(points):
         if y1 >= level:
             return x0 + (x1 - x0) * (level - y0) / (y1 - y0) if y1 > y0 else x1
     return None

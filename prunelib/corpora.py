@@ -8,9 +8,9 @@ import io
 import logging
 import numbers
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -161,7 +161,7 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def subset(self, ids: set[str] | list[str]) -> "Corpus":
+    def subset(self, ids: set[str] | list[str]) -> Corpus:
         """The same corpus restricted to the given utterance ids (order kept)."""
         wanted = set(ids)
         unknown = wanted - {u.id for u in self.utterances}

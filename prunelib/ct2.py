@@ -15,9 +15,9 @@ import shutil
 import struct
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -99,7 +99,9 @@ class _Cursor:
     def string(self) -> str:
         raw = bytes(self.take(self.unpack("H")))
         if not raw.endswith(b"\0"):
-            raise ValueError(f"{self.source}: corrupt CTranslate2 model.bin (string at offset {self.pos} not NUL-terminated)")
+            raise ValueError(
+                f"{self.source}: corrupt CTranslate2 model.bin (string at offset {self.pos} not NUL-terminated)"
+            )
         try:
             return raw[:-1].decode("utf-8")
         except UnicodeDecodeError as err:
@@ -197,7 +199,7 @@ def _hf_state_dict(variables: dict, layers: dict[str, int]) -> dict[str, torch.T
         # CTranslate2 fuses projections row-wise; Whisper's k_proj has no bias, so CT2 stores zeros there.
         weights = np.split(get(f"{src}/weight"), len(dsts), axis=0)
         biases = np.split(get(f"{src}/bias"), len(dsts), axis=0)
-        for dst, w, b in zip(dsts, weights, biases):
+        for dst, w, b in zip(dsts, weights, biases, strict=True):
             out[f"{where}.{dst}.weight"] = w
             if dst == "k_proj":
                 if np.any(b != 0):
@@ -226,7 +228,9 @@ def _hf_state_dict(variables: dict, layers: dict[str, int]) -> dict[str, torch.T
     out["model.decoder.embed_tokens.weight"] = get("decoder/embeddings/weight")
 
     # Every float tensor must land somewhere; integer/scalar entries are options, checked in _check_supported.
-    leftover = sorted(k for k, v in variables.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f" and k not in used)
+    leftover = sorted(
+        k for k, v in variables.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f" and k not in used
+    )
     if leftover:
         raise ValueError(f"CTranslate2 weights with no Whisper counterpart (format changed?): {leftover[:5]}")
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
@@ -284,7 +288,7 @@ def _build_tokenizer(tokenizer_json: Path, vocab_size: int) -> WhisperTokenizerF
 
 
 def spelling_table() -> dict[str, str]:
-    """Whisper's English spelling table (the hub folders' normalizer.json), as the whisper-normalizer package ships it."""
+    """Whisper's English spelling table (the hub folders' normalizer.json), as whisper-normalizer ships it."""
     path = importlib.resources.files("whisper_normalizer").joinpath("normalizers/english.json")
     return json.loads(path.read_text(encoding="utf-8"))
 

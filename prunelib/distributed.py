@@ -21,10 +21,11 @@ How it works (the simplest robust option we found):
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist

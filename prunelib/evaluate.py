@@ -27,7 +27,9 @@ class Evaluation:
     summary: dict
     path: Path  # the per-utterance JSONL file: exactly these records
     from_cache: bool = False
-    report: object | None = field(default=None, repr=False)  # the SparsityReport of the prune (None when read from cache)
+    report: object | None = field(
+        default=None, repr=False
+    )  # the SparsityReport of the prune (None when read from cache)
 
 
 def touches_encoder(loaded: LoadedModel, spec) -> bool:
@@ -167,7 +169,8 @@ def evaluate(
     call reuses every record whose audio and reference are unchanged and decodes the rest
     (missing or edited ones), and an interrupted run resumes where it stopped. The score covers
     exactly the corpus's utterances; records of others found in the file are ignored and
-    counted (and dropped when the file is next rewritten). With `reuse_encoder`, encoder outputs kept in memory from earlier calls are reused when the encoder's weights are the same: every
+    counted (and dropped when the file is next rewritten). With `reuse_encoder`, encoder outputs
+    kept in memory from earlier calls are reused when the encoder's weights are the same: every
     prune that leaves the encoder dense, and the same prune under another decoding pipeline.
     """
     spec = parse_prune_spec(prune)

@@ -17,8 +17,8 @@ seeded order snapshots them at nested prefix sizes (8 within 32 within 128 ...).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import pandas as pd
 import torch
@@ -66,8 +66,12 @@ def _vmap_gradients(model: nn.Module, params: dict[str, torch.Tensor], examples:
     from torch.func import functional_call, grad_and_value, vmap
 
     def loss(weights, features, inputs, labels):
-        output = functional_call(model, weights, (), {"input_features": features[None], "decoder_input_ids": inputs[None],
-                                                       "use_cache": False})
+        output = functional_call(
+            model,
+            weights,
+            (),
+            {"input_features": features[None], "decoder_input_ids": inputs[None], "use_cache": False},
+        )
         # The same token-averaged cross-entropy as example_loss, written without data-dependent indexing.
         log_probs = output.logits[0].log_softmax(-1)
         scored = labels >= 0
@@ -97,7 +101,10 @@ def per_sample_gradients(model: nn.Module, examples: list[Example], chunk_size: 
             model.zero_grad(set_to_none=True)
             loss = example_loss(model, example)
             loss.backward()
-            yield loss.item(), {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in params.items()}
+            yield (
+                loss.item(),
+                {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in params.items()},
+            )
         return
     detached = {name: p.detach() for name, p in params.items()}
     # SDPA has no vmap batching rule on CPU (it falls back to a slow loop); eager attention is the same maths.

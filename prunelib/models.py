@@ -79,7 +79,9 @@ def check_device(device: str) -> torch.device:
         raise ValueError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested, but this torch build or machine has no CUDA; use --device cpu")
+            raise ValueError(
+                f"device {device!r} requested, but this torch build or machine has no CUDA; use --device cpu"
+            )
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r} requested, but only {torch.cuda.device_count()} CUDA device(s) exist")
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
@@ -140,4 +142,6 @@ def load_model(name: str, device: str = "cpu") -> LoadedModel:
             )
     log.info("loaded %s from %s", name, source)
     model.eval().to(device)
-    return LoadedModel(name=name, model=model, processor=processor, source=source, fingerprint=weights_fingerprint(model))
+    return LoadedModel(
+        name=name, model=model, processor=processor, source=source, fingerprint=weights_fingerprint(model)
+    )

@@ -80,7 +80,9 @@ def _duration(seconds: float) -> str:
     """'1 h 50 min 32 s' style, as the README quotes run times."""
     hours, rest = divmod(round(seconds), 3600)
     minutes, secs = divmod(rest, 60)
-    return " ".join(f"{value} {unit}" for value, unit in ((hours, "h"), (minutes, "min"), (secs, "s")) if value) or "0 s"
+    return (
+        " ".join(f"{value} {unit}" for value, unit in ((hours, "h"), (minutes, "min"), (secs, "s")) if value) or "0 s"
+    )
 
 
 class ProfileRequirementError(RuntimeError):
@@ -98,8 +100,11 @@ def check_requirements(profile: str, requires: dict) -> None:
         downloads = ", ".join(requires.get("downloads", []))
         missing.append(f"the Hugging Face hub, to download: {downloads}")
     if missing:
-        raise ProfileRequirementError(f"profile {profile!r} needs " + " and ".join(missing)
-                                      + "; nothing was run (point data_root in the profile at local copies to skip downloads)")
+        raise ProfileRequirementError(
+            f"profile {profile!r} needs "
+            + " and ".join(missing)
+            + "; nothing was run (point data_root in the profile at local copies to skip downloads)"
+        )
 
 
 def resolve_data_root(data_root: str | None) -> Path | None:
@@ -181,7 +186,11 @@ def versions() -> dict[str, str]:
     from importlib.metadata import version
 
     packages = ["torch", "transformers", "datasets", "jiwer", "whisper-normalizer", "prunelib"]
-    found = {"python": platform.python_version(), "machine": platform.machine(), "threads": str(torch.get_num_threads())}
+    found = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": str(torch.get_num_threads()),
+    }
     for package in packages:
         try:
             found[package] = version(package)

@@ -7,8 +7,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures are written to files; no display is needed (or present in CI)
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 PIPELINE_LABELS = {"en": "standard\n(English forced)", "auto": "paper's\n(language detected)"}
 
@@ -32,8 +32,10 @@ def plot_baseline(summary: pd.DataFrame, path: str | Path) -> Path:
     fig, (ax_wer, ax_types) = plt.subplots(1, 2, figsize=(10, 4))
     lows = [max(0.0, row.wer - row.wer_ci95[0]) for row in summary.itertuples()]
     highs = [max(0.0, row.wer_ci95[1] - row.wer) for row in summary.itertuples()]
-    bars = ax_wer.bar(labels, summary["wer"], yerr=[lows, highs], capsize=6, color=["#4c72b0", "#dd8452"][: len(summary)])
-    for bar, wer in zip(bars, summary["wer"]):
+    bars = ax_wer.bar(
+        labels, summary["wer"], yerr=[lows, highs], capsize=6, color=["#4c72b0", "#dd8452"][: len(summary)]
+    )
+    for bar, wer in zip(bars, summary["wer"], strict=True):
         ax_wer.annotate(f"{wer:.2f}", (bar.get_x() + bar.get_width() / 2, 0), xytext=(0, 4),
                         textcoords="offset points", ha="center", color="white", fontweight="bold")
     ax_wer.set_ylabel("WER (%)")
@@ -65,11 +67,13 @@ def plot_ablation_curves(table: pd.DataFrame, path: str | Path, title: str = "")
     """WER against sparsity per component group, with 95% interval bands and the dense band."""
     dense = table[table["spec"] == "dense"].iloc[0]
     pruned_rows = table[table["spec"] != "dense"]
-    panels = {name: [c for c in members if c in set(pruned_rows["component"])] for name, members in ABLATION_PANELS.items()}
+    panels = {
+        name: [c for c in members if c in set(pruned_rows["component"])] for name, members in ABLATION_PANELS.items()
+    }
     panels = {name: members for name, members in panels.items() if members}
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), sharey=True, squeeze=False)
     top = max(dense["wer_hi"] * 3, 30.0)
-    for ax, (name, members) in zip(axes[0], panels.items()):
+    for ax, (name, members) in zip(axes[0], panels.items(), strict=True):
         ax.axhspan(dense["wer_lo"], dense["wer_hi"], color="grey", alpha=0.2, label=f"dense {dense['wer']:.1f}")
         ax.axhline(dense["wer"], color="grey", lw=1)
         for component in members:
@@ -101,7 +105,9 @@ def plot_ablation_heatmap(table: pd.DataFrame, path: str | Path, title: str = ""
     hi = pruned_rows.pivot_table(index="component", columns="requested_sparsity", values="delta_hi").reindex(order)
     limit = max(1.0, float(delta.abs().max().max()))
     fig, ax = plt.subplots(figsize=(1.3 * delta.shape[1] + 4, 0.42 * delta.shape[0] + 1.5))
-    image = ax.imshow(delta.to_numpy(), cmap="RdBu_r", norm=SymLogNorm(linthresh=1.0, vmin=-limit, vmax=limit), aspect="auto")
+    image = ax.imshow(
+        delta.to_numpy(), cmap="RdBu_r", norm=SymLogNorm(linthresh=1.0, vmin=-limit, vmax=limit), aspect="auto"
+    )
     for i in range(delta.shape[0]):
         for j in range(delta.shape[1]):
             value = delta.iat[i, j]
@@ -144,7 +150,7 @@ def plot_sensitivity_heatmap(components: pd.DataFrame, score: str, path: str | P
     low, high = np.nanmin(values), np.nanmax(values)
     fig, axes = plt.subplots(1, 2, figsize=(9, 1.6 + 0.45 * max(len(g) for g in grids.values())),
                              gridspec_kw={"width_ratios": [2, 3]}, layout="constrained")
-    for ax, (stack, grid) in zip(axes, grids.items()):
+    for ax, (stack, grid) in zip(axes, grids.items(), strict=True):
         logs = np.log10(grid.to_numpy(dtype=float))
         image = ax.imshow(logs, cmap="viridis", vmin=low, vmax=high, aspect="auto")
         for (i, j), value in np.ndenumerate(grid.to_numpy(dtype=float)):
@@ -168,7 +174,7 @@ def plot_sensitivity_stability(stability: pd.DataFrame, path: str | Path, thresh
     label_choices = list(dict.fromkeys(stability["labels"]))
     fig, axes = plt.subplots(1, len(label_choices), figsize=(4.5 * len(label_choices), 3.6), squeeze=False,
                              sharey=True)
-    for ax, labels in zip(axes[0], label_choices):
+    for ax, labels in zip(axes[0], label_choices, strict=True):
         block = stability[stability["labels"] == labels]
         for method, rows in block.groupby("method", sort=False):
             worst = rows.groupby("size")["spearman"].min()
@@ -252,13 +258,16 @@ def plot_cross_dataset(table: pd.DataFrame, path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(languages), figsize=(1.8 * len(datasets) * len(languages) + 3, 4.4),
                              sharey=True, squeeze=False)
     width = 0.8 / max(1, len(systems))
-    for ax, language in zip(axes[0], languages):
+    for ax, language in zip(axes[0], languages, strict=True):
         rows = pruned_rows[pruned_rows["language"] == language]
         for k, system in enumerate(systems):
             part = rows[rows["system"] == system].set_index("dataset").reindex(datasets)
             x = [i - 0.4 + width * (k + 0.5) for i in range(len(datasets))]
             # A percentile interval need not contain the point estimate on tiny samples: clip at 0.
-            yerr = [(part["delta_wer"] - part["delta_lo"]).clip(lower=0), (part["delta_hi"] - part["delta_wer"]).clip(lower=0)]
+            yerr = [
+                (part["delta_wer"] - part["delta_lo"]).clip(lower=0),
+                (part["delta_hi"] - part["delta_wer"]).clip(lower=0),
+            ]
             ax.errorbar(x, part["delta_wer"], yerr=yerr, fmt="o", capsize=4, label=system)
         ax.axhline(0, color="grey", lw=1)
         ax.set_yscale("symlog", linthresh=5)

@@ -9,10 +9,11 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import pandas as pd
 import torch
@@ -139,7 +140,10 @@ def parse_prune_spec(text: str | PruneSpec | None) -> PruneSpec:
 
 
 def _check_in_range(layers: slice | int, stack: str, count: int, text: str) -> None:
-    """Refuse a layer index or slice end beyond the stack: Python would clamp it while the spec's text kept the old range."""
+    """Refuse a layer index or slice end beyond the stack.
+
+    Python would clamp it while the spec's text kept the old range.
+    """
     if isinstance(layers, int):
         bad = not -count <= layers < count
     else:
@@ -409,7 +413,9 @@ def export_pruned(model: nn.Module, processor: Any, out_dir: str | Path,
             processor.save_pretrained(fresh)
         report = report if report is not None else sparsity_report(model)
         (fresh / "sparsity_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        (fresh / EXPORT_MARKER).write_text(json.dumps({**(about or {}), "written_by": "prunelib", "spec": report.spec}) + "\n")
+        (fresh / EXPORT_MARKER).write_text(
+            json.dumps({**(about or {}), "written_by": "prunelib", "spec": report.spec}) + "\n"
+        )
         if out.is_dir() and any(out.iterdir()):
             # Move the earlier export aside first: a directory with entries cannot be renamed over.
             earlier = Path(tempfile.mkdtemp(prefix=f".{out.name}.earlier-", dir=out.parent))

@@ -1,7 +1,7 @@
 """The sentences each notebook ends with, written from its tables by the rules in `claims`."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -47,7 +47,9 @@ def calibration_split(corpus: Corpus, pool: Corpus, held_out: Corpus, long_ids: 
     lines = [f"{corpus.name}: {len(corpus)} utterances; split by "
              + ("speaker" if by_speaker else "utterance (no speakers known)")]
     if by_speaker:
-        lines.append(f"calibration pool: {len(pool)} utterances from speakers {sorted({u.speaker for u in pool.utterances})}")
+        lines.append(
+            f"calibration pool: {len(pool)} utterances from speakers {sorted({u.speaker for u in pool.utterances})}"
+        )
         lines.append(f"held out for evaluation: {len(held_out)} utterances from "
                      f"{len({u.speaker for u in held_out.utterances})} other speakers")
     else:
@@ -74,8 +76,10 @@ def sensitivity(main: pd.DataFrame, dataset: str, n_held_out: int, n_passes: int
                   f"  Most sensitive components: {', '.join(ranked[method][:5])}.",
                   f"  Least sensitive components: {', '.join(ranked[method][::-1][:5])}."]
     for _, row in paper[paper["method"].isin(["fisher", "gradient", "obd"])].iterrows():
-        lines.append(f"- Paper: {row['paper']}. {row['method']}: {row['group']} scores {row['score / linear mean']:.2f}x "
-                     f"the mean prunable weight -> {'agrees' if row['agrees'] else 'disagrees'}.")
+        lines.append(
+            f"- Paper: {row['paper']}. {row['method']}: {row['group']} scores {row['score / linear mean']:.2f}x "
+            f"the mean prunable weight -> {'agrees' if row['agrees'] else 'disagrees'}."
+        )
     lines.append(f"- Agreement between scores over components (Spearman): gradient vs fisher = "
                  f"{method_agreement.loc['gradient', 'fisher']:.2f}, fisher vs obd = "
                  f"{method_agreement.loc['fisher', 'obd']:.2f}, gradient vs taylor = "
@@ -86,7 +90,9 @@ def sensitivity(main: pd.DataFrame, dataset: str, n_held_out: int, n_passes: int
         where = f"from n = {row[column]}" if pd.notna(row[column]) else f"at no size below the pool of {pool_size}"
         lines.append(f"- {row['labels']} labels, {row['method']}: ranking within rho >= {threshold} of the whole pool "
                      f"{where}.")
-    lines.append("- Mean over prunable components as the calibration set grows (gradient shrinks with n, Fisher should not):")
+    lines.append(
+        "- Mean over prunable components as the calibration set grows (gradient shrinks with n, Fisher should not):"
+    )
     lines.append(by_size.to_string(float_format=lambda v: f"{v:.3g}"))
     return lines
 
@@ -127,10 +133,13 @@ def allocations(table: pd.DataFrame, at_target: pd.DataFrame, crossings: pd.Data
     dense = table[table["allocator"] == "dense"].iloc[0]
     rows = table[(table["target"] - target).abs() < 1e-9].set_index("allocator")
     paper = table[table["allocator"] == "paper"].set_index("allocator")
-    lines = [f"Evaluation: {int(dense['n'])} held-out utterances of {dataset}; dense WER {dense['wer']:.2f} "
-             f"[{dense['wer_lo']:.2f}, {dense['wer_hi']:.2f}].",
-             f"All matched allocators within {target_miss(table):.3f} percentage points of their target over the linear weights.",
-             f"Collapse: {claims.RULES['collapses']}. Near: {claims.RULES['near']}."]
+    lines = [
+        f"Evaluation: {int(dense['n'])} held-out utterances of {dataset}; dense WER {dense['wer']:.2f} "
+        f"[{dense['wer_lo']:.2f}, {dense['wer_hi']:.2f}].",
+        f"All matched allocators within {target_miss(table):.3f} percentage points of their target "
+        "over the linear weights.",
+        f"Collapse: {claims.RULES['collapses']}. Near: {claims.RULES['near']}.",
+    ]
     for name in [n for n in ("global+embed", "global") if n in rows.index]:
         row = rows.loc[name]
         lines.append(f"- {name} at {target:.0%}: WER {row['wer']:.2f} ({row['delta_wer']:+.2f} points "

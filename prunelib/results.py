@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Mapping
+from typing import IO
 
 import pandas as pd
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import jiwer
 import numpy as np
@@ -141,7 +141,7 @@ def utterance_counts(records: Iterable[Mapping]) -> pd.DataFrame:
 
 
 def resampling_unit(counts_df: pd.DataFrame, by_speaker: bool = True) -> str:
-    """'speaker' when speaker blocks are asked for and at least MIN_SPEAKER_BLOCKS speakers are known, else 'utterance'."""
+    """'speaker' when speaker blocks are asked for and MIN_SPEAKER_BLOCKS speakers are known, else 'utterance'."""
     if by_speaker and counts_df["speaker"].dropna().nunique() >= MIN_SPEAKER_BLOCKS:
         return "speaker"
     return "utterance"

@@ -40,7 +40,9 @@ def group_scores(model: nn.Module, components: pd.DataFrame) -> pd.DataFrame:
     """The paper's coarse groups: stack x linear kind, over all layers and per third of the layers."""
     layers = num_layers(model)
     linear = components[components["kind"].isin(LINEAR_KINDS) & components["layer"].notna()].copy()
-    linear["third"] = [third_of(int(layer), layers[stack]) for stack, layer in zip(linear["stack"], linear["layer"])]
+    linear["third"] = [
+        third_of(int(layer), layers[stack]) for stack, layer in zip(linear["stack"], linear["layer"], strict=True)
+    ]
     methods = [m for m in METHODS if m in components.columns]
     rows = []
     for part in ("all", *THIRDS):

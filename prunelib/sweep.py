@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import pandas as pd
 from tqdm import tqdm
@@ -77,7 +77,9 @@ def compare_to_dense(evaluation: Evaluation, dense: Evaluation, n_boot: int = 10
     }
 
 
-def _row(label: str, spec: str, sparsity: float, evaluation: Evaluation, dense: Evaluation, n_boot: int, seed: int) -> dict:
+def _row(
+    label: str, spec: str, sparsity: float, evaluation: Evaluation, dense: Evaluation, n_boot: int, seed: int
+) -> dict:
     """One ablation-table row: component, spec and sparsity, then the comparison to dense."""
     return {"component": label, "spec": spec, "requested_sparsity": sparsity,
             **compare_to_dense(evaluation, dense, n_boot, seed)}
@@ -165,8 +167,17 @@ def run_ablations(loaded: LoadedModel, corpus: Corpus, groups: Mapping[str, str]
             wanted = {label: groups[label] for label in headline if label in groups}
             grid = ablation_specs(wanted, headline_sparsities or sparsities)
         decoding = Decoding(language=language, batch_size=batch_size)
-        tables.append(run_sweep(loaded, corpus, grid, decoding, table_path=Path(summaries) / handoff.ablation_file(language),
-                                n_boot=n_boot, seed=seed))
+        tables.append(
+            run_sweep(
+                loaded,
+                corpus,
+                grid,
+                decoding,
+                table_path=Path(summaries) / handoff.ablation_file(language),
+                n_boot=n_boot,
+                seed=seed,
+            )
+        )
     return pd.concat(tables, ignore_index=True)
 
 

@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import logging
+import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import transformers
+from tqdm import tqdm
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.modeling_outputs import BaseModelOutput
-from tqdm import tqdm
 
 from prunelib.audio import SAMPLE_RATE, WINDOW_SECONDS, AudioError
 from prunelib.corpora import Utterance
@@ -34,7 +34,9 @@ class Decoding:
     batch_size: int = 16  # the paper's batch size
     num_beams: int = 1  # greedy, as the paper
     long_form: bool = True  # decode >30 s audio sequentially; False truncates at 30 s as the paper's code did
-    max_tokens_per_second: float | None = 10.0  # stop each utterance at this many tokens per second of its audio; None: 448
+    max_tokens_per_second: float | None = (
+        10.0  # stop each utterance at this many tokens per second of its audio; None: 448
+    )
 
     def __post_init__(self) -> None:
         if not self.language or not isinstance(self.language, str):
@@ -115,7 +117,7 @@ def _cached_encoder_outputs(loaded: LoadedModel, ids: list[str], features: torch
     if all(hidden is not None for hidden in cached):
         return torch.stack(cached)
     hidden = loaded.model.get_encoder()(features).last_hidden_state
-    for utt_id, row in zip(ids, hidden):
+    for utt_id, row in zip(ids, hidden, strict=True):
         cache.put(encoder_key, utt_id, row)
     return hidden
 
@@ -172,7 +174,10 @@ def _decode_short(loaded: LoadedModel, ids: list[str], arrays: list[np.ndarray],
     budgets = [decoding.token_budget(len(audio) / SAMPLE_RATE) for audio in arrays]
     extra = {}
     if budgets[0] is not None:
-        extra = {"max_new_tokens": max(budgets), "stopping_criteria": StoppingCriteriaList([PerRowTokenBudget(budgets)])}
+        extra = {
+            "max_new_tokens": max(budgets),
+            "stopping_criteria": StoppingCriteriaList([PerRowTokenBudget(budgets)]),
+        }
     sequences = loaded.model.generate(encoder_outputs=encoder_outputs, **kwargs, **extra)
     return sequences, languages, budgets
 
@@ -253,7 +258,7 @@ def transcribe(
         elapsed = time.perf_counter() - started
         texts = processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         batch_records = []
-        for (utt, audio), text, seq, language, budget in zip(batch, texts, sequences, languages, budgets):
+        for (utt, audio), text, seq, language, budget in zip(batch, texts, sequences, languages, budgets, strict=True):
             seconds = len(audio) / SAMPLE_RATE
             batch_records.append(
                 {

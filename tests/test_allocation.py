@@ -4,9 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_whisper_config
 from transformers import WhisperForConditionalGeneration
 
-from conftest import tiny_whisper_config
 from prunelib import allocation as alloc
 from prunelib.pruning import compute_masks, resolve
 
@@ -53,7 +53,9 @@ def test_global_with_embedding_solves_its_pool_sparsity(model):
     assert allocation.spec.startswith("global+embed=") and allocation.spec != "global+embed=0.4"
     embed = alloc.component_sparsity(alloc.reached_sparsity(model, allocation))["decoder.embed"]
     assert embed > 0  # the tied embedding is pruned on top of the linear target
-    assert "decoder.embed" not in alloc.component_sparsity(alloc.reached_sparsity(model, alloc.global_magnitude(model, 0.4)))
+    assert "decoder.embed" not in alloc.component_sparsity(
+        alloc.reached_sparsity(model, alloc.global_magnitude(model, 0.4))
+    )
 
 
 def test_measure_restores_the_weights(model):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from prunelib import claims
+from prunelib import claims, readings
 
 
 def _row(wer: float, lo: float, hi: float, delta: float | None = None) -> pd.Series:
@@ -44,10 +44,13 @@ def test_claims_table_reads_ablation_and_reports_missing(tmp_path):
     ]
     pd.DataFrame(rows).to_csv(tmp_path / "03_ablation.csv", index=False)
     table = claims.claims_table(tmp_path, "tiny")
-    verdicts = dict(zip(table["claim"], table["verdict"]))
+    verdicts = dict(zip(table["claim"], table["verdict"], strict=True))
     assert verdicts == {"decoder FFN fragile": "replicated", "decoder self-attn 50% improves": "replicated"}
     # "fragile" is put beside the rest of the sweep: of the two pruned groups (itself included) none hurts more
-    assert table.set_index("claim").loc["decoder FFN fragile", "ours"] == "10.00 -> 30.00 at 50% (0 of 2 swept groups hurt more)"
+    assert (
+        table.set_index("claim").loc["decoder FFN fragile", "ours"]
+        == "10.00 -> 30.00 at 50% (0 of 2 swept groups hurt more)"
+    )
     assert table.attrs["missing"] == ["04_results.csv", "05_cross_dataset.csv"]
 
 
@@ -79,3 +82,52 @@ def test_gains_persist_across_corpora(others, expected):
     assert [v.verdict for v in verdicts] == [expected]
     assert verdicts[0].ours.endswith("(on librispeech: -1.00)")  # the source corpus is shown, not judged
     assert verdicts[0].setting == "tiny, pipeline 'en', n = 100; 100"
+
+
+def _allocation_rows(points: list[tuple[float, float]], name: str = "global") -> list[dict]:
+    return [{"allocator": name, "target": s / 100, "sparsity_linear": s, "delta_wer": d} for s, d in points]
+
+
+def test_crossing_interpolates_from_dense_and_reports_beyond_the_grid():
+    block = pd.DataFrame(_allocation_rows([(10, 0.5), (20, 1.5), (30, 6.0)]))
+    assert claims.crossing(block, 1.0) == pytest.approx(15.0)  # halfway from +0.5 at 10% to +1.5 at 20%
+    assert claims.crossing(block, 5.0) == pytest.approx(20 + 10 * 3.5 / 4.5)
+    assert claims.crossing(block, 0.25) == pytest.approx(5.0)  # from dense (0%, +0) to the first grid point
+    assert claims.crossing(block, 10.0) is None
+
+
+def test_crossings_skip_dense_and_the_paper_table_and_name_both_levels():
+    table = pd.DataFrame([{"allocator": "dense", "target": 0.0, "sparsity_linear": 0.0, "delta_wer": 0.0},
+                          *_allocation_rows([(20, 2.0), (10, 0.0)], "uniform"),  # unsorted on purpose
+                          {"allocator": "paper", "target": None, "sparsity_linear": 44.0, "delta_wer": 9.0}])
+    crossings = claims.crossings(table)
+    assert list(crossings.columns) == ["allocator", "+1 point at", "+5 points at"]
+    assert crossings["allocator"].tolist() == ["uniform"]
+    assert crossings.iloc[0]["+1 point at"] == pytest.approx(15.0)
+    assert crossings.iloc[0]["+5 points at"] is None
+
+
+@pytest.mark.parametrize("lo, hi, side", [(-2, -0.1, "lower WER"), (0.1, 2, "higher WER"), (-1, 1, "no detectable")])
+def test_interval_side(lo, hi, side):
+    assert claims.interval_side(_row(10, lo, hi)).startswith(side)
+
+
+def test_notebook_04_reading_and_the_verdict_table_use_one_collapse_rule():
+    # 3 -> 7 WER with an interval above 0: "doubles and above 0" holds, though it is not +10 points.
+    rows = [{"allocator": "dense", "target": 0.0, "spec": "dense", "importance": "magnitude", "n": 40, "wer": 3.0,
+             "wer_lo": 2.0, "wer_hi": 4.0, "delta_wer": 0.0, "delta_lo": 0.0, "delta_hi": 0.0,
+             "sparsity_linear": 0.0, "sparsity_weights": 0.0},
+            {"allocator": "global+embed", "target": 0.4, "spec": "global+embed=0.5", "importance": "magnitude", "n": 40,
+             "wer": 7.0, "wer_lo": 5.0, "wer_hi": 9.0, "delta_wer": 4.0, "delta_lo": 2.5, "delta_hi": 5.5,
+             "sparsity_linear": 40.0, "sparsity_weights": 50.0},
+            {"allocator": "sensitivity-fisher", "target": 0.4, "spec": "x", "importance": "magnitude", "n": 40,
+             "wer": 3.5, "wer_lo": 2.5, "wer_hi": 4.5, "delta_wer": 0.5, "delta_lo": -0.2, "delta_hi": 0.9,
+             "sparsity_linear": 40.0, "sparsity_weights": 20.0}]
+    table = pd.DataFrame(rows)
+    verdicts = {v.claim: v.verdict for v in claims.allocation_claims(table, "tiny")}
+    assert verdicts == {"global 40% collapses": "replicated", "sensitivity-aware 40% near baseline": "replicated"}
+    at_target = pd.DataFrame([{"allocator": r["allocator"], "wer": r["wer"]} for r in rows[1:]])
+    text = "\n".join(readings.allocations(table, at_target, claims.crossings(table), 0.4, "toy:test"))
+    assert "global+embed at 40%: WER 7.00" in text and "-> collapse replicated" in text
+    assert "sensitivity-fisher at 40.0% of linear weights" in text and "-> near baseline replicated" in text
+    assert "Lowest WER at the 40% target among matched allocators: sensitivity-fisher (3.50)" in text

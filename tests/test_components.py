@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_whisper_config
 from torch import nn
 from transformers import WhisperForConditionalGeneration, WhisperModel
 
-from conftest import tiny_whisper_config
 from prunelib.components import component_table, layer_thirds, list_components, num_layers, third_of
 
 

@@ -98,9 +98,17 @@ def test_converted_folder_is_complete(converted) -> None:
     want = EXPECTED[name]
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no half-written temp folder left behind
     config = model.config
-    assert (config.encoder_layers, config.decoder_layers, config.d_model) == (want["layers"], want["layers"], want["d_model"])
+    assert (config.encoder_layers, config.decoder_layers, config.d_model) == (
+        want["layers"],
+        want["layers"],
+        want["d_model"],
+    )
     assert (config.max_source_positions, config.max_target_positions, config.vocab_size) == (1500, 448, want["vocab"])
-    assert (config.eos_token_id, config.pad_token_id, config.decoder_start_token_id) == (want["eot"], want["eot"], want["sot"])
+    assert (config.eos_token_id, config.pad_token_id, config.decoder_start_token_id) == (
+        want["eot"],
+        want["eot"],
+        want["sot"],
+    )
     assert model.proj_out.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
     assert model.dtype == torch.float32
     assert len(processor.tokenizer) == config.vocab_size

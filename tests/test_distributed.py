@@ -72,7 +72,9 @@ MILD = ["--dataset", "librivox-mini:test", "--batch-size", "2", "--prune", "deco
 COLLAPSED = ["--dataset", "librispeech:test-other", "--limit", "6", "--batch-size", "6", "--prune", "global=0.6"]
 
 
-def _eval_command(launch: list[str], cache_dir: Path, data_root: Path, setting: list[str]) -> subprocess.CompletedProcess:
+def _eval_command(
+    launch: list[str], cache_dir: Path, data_root: Path, setting: list[str]
+) -> subprocess.CompletedProcess:
     """Run `prunelib eval` on real utterances through `launch`, one thread per process."""
     env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARS}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")

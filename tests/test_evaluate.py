@@ -223,7 +223,9 @@ def _cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProce
     import os
 
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "prunelib", *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "prunelib", *args], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def test_cli_eval_prints_json_last(shared_data, tmp_path, tiny_en):
@@ -269,7 +271,9 @@ def test_encoder_reuse_gives_identical_transcripts(tiny_en, librivox):
         full = transcribe(tiny_en, utterances, decoding, progress=False)
     assert cache.hits == 4
     assert [r["hypothesis"] for r in reused] == [r["hypothesis"] for r in full]
-    assert [r["hypothesis"] for r in dense] == [r["hypothesis"] for r in transcribe(tiny_en, utterances, decoding, progress=False)]
+    assert [r["hypothesis"] for r in dense] == [
+        r["hypothesis"] for r in transcribe(tiny_en, utterances, decoding, progress=False)
+    ]
 
 
 def test_pruned_encoder_outputs_are_shared_only_by_the_same_prune(tiny_en, librivox, tmp_path):
@@ -288,7 +292,9 @@ def test_pruned_encoder_outputs_are_shared_only_by_the_same_prune(tiny_en, libri
     assert [r["hypothesis"] for r in first.records] == [r["hypothesis"] for r in full.records]
     # A different encoder prune never reads those outputs.
     hits = tiny_en.encoder_cache.hits
-    evaluate(tiny_en, corpus, Decoding(batch_size=2), prune="encoder.layers[-1:]=0.6", cache_dir=tmp_path, progress=False)
+    evaluate(
+        tiny_en, corpus, Decoding(batch_size=2), prune="encoder.layers[-1:]=0.6", cache_dir=tmp_path, progress=False
+    )
     assert tiny_en.encoder_cache.hits == hits
 
 
@@ -315,7 +321,7 @@ def test_token_budget_stops_runaway_decoding(tiny_en, librivox):
     starved = transcribe(tiny_en, utterances, Decoding(batch_size=1, max_tokens_per_second=0.5), progress=False)
     assert not any(r["hit_token_budget"] for r in normal)
     assert all(r["hit_token_budget"] for r in starved)
-    for full, cut in zip(normal, starved):
+    for full, cut in zip(normal, starved, strict=True):
         assert len(cut["hypothesis"].split()) < len(full["hypothesis"].split())
 
 

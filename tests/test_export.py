@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
 from transformers import WhisperForConditionalGeneration
 
@@ -17,35 +16,6 @@ from prunelib.pruning import sparsity_report
 @pytest.fixture
 def librivox(shared_data):
     return load_corpus("librivox-mini:test", data_root=shared_data)
-
-
-def test_calibration_pool_reads_the_split_file(librivox, tmp_path):
-    ids = [u.id for u in librivox.utterances]
-    split = tmp_path / "02_calibration.csv"
-    pd.DataFrame({"id": ids, "dataset": librivox.name,
-                  "role": ["calibration", "calibration", "evaluation", "evaluation", "evaluation"]}).to_csv(split)
-    assert [u.id for u in handoff.calibration_pool(librivox, split).utterances] == ids[:2]
-
-
-def test_calibration_pool_rejects_another_corpus_split(librivox, tmp_path):
-    split = tmp_path / "02_calibration.csv"
-    pd.DataFrame({"id": ["a"], "dataset": ["earnings22:test"], "role": ["calibration"]}).to_csv(split)
-    with pytest.raises(ValueError, match="earnings22:test, not librivox-mini:test"):
-        handoff.calibration_pool(librivox, split)
-
-
-def test_component_scores_keep_one_model_and_the_largest_size(tmp_path):
-    rows = [{"model": model, "component": f"decoder.layers[{layer}].ffn", "stack": "decoder", "layer": layer,
-             "kind": "ffn", "numel": 10, "labels": "reference", "seed": 0, "size": size, "fisher": size + layer}
-            for model in ("a", "b") for layer in (0, 1) for size in (4, 8)]
-    rows.append({**rows[0], "component": "decoder.embed", "layer": None, "kind": "embed"})
-    path = tmp_path / "scores.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    table = handoff.read_component_scores(path, "b")
-    assert list(table.index) == ["decoder.layers[0].ffn", "decoder.layers[1].ffn"]
-    assert table["fisher"].tolist() == [8, 9]
-    with pytest.raises(ValueError, match=r"no per-layer component scores \(model c"):
-        handoff.read_component_scores(path, "c")
 
 
 def test_wanda_export_restores_the_model_and_reloads_at_the_target(tiny_en, librivox, tmp_path):

@@ -1,8 +1,6 @@
 """Profiles and the notebooks runner: every profile parameter is one a notebook declares; unmet needs fail at once."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import papermill
 import pytest
 
@@ -47,16 +45,3 @@ def test_unknown_profile_names_the_known_ones():
 @pytest.mark.parametrize("seconds, text", [(6632.4, "1 h 50 min 32 s"), (3600, "1 h"), (59.6, "1 min"), (0.2, "0 s")])
 def test_durations_read_as_the_readme_quotes_them(seconds, text):
     assert notebooks._duration(seconds) == text
-
-
-def test_no_module_of_prunelib_imports_the_package_itself():
-    # `import prunelib` inside the package made a cycle (evaluate needed it only for __file__).
-    import ast
-
-    package = Path(__file__).resolve().parents[1] / "prunelib"
-    for path in package.glob("*.py"):
-        if path.name == "__init__.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                assert "prunelib" not in [alias.name for alias in node.names], path.name

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_whisper_config
 from transformers import WhisperForConditionalGeneration
 
-from conftest import tiny_whisper_config
 from prunelib.components import list_components
 from prunelib.pruning import (
     PruneItem,

@@ -42,7 +42,9 @@ def _per_sample_grads(model: nn.Module, examples: list[calibration.Example]) -> 
     grads = []
     for example in examples:
         loss = calibration.example_loss(model, example)
-        grads.append(dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True))))
+        grads.append(
+            dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True), strict=True))
+        )
     return [{name: g if g is not None else torch.zeros_like(params[name]) for name, g in row.items()} for row in grads]
 
 
@@ -109,13 +111,17 @@ def test_vmapped_per_sample_gradients_match_the_loop(tiny_whisper, chunk_size):
     examples = _examples(5)
     loop = gradients.measure_gradients(tiny_whisper, examples, sizes=[2], keep_per_weight=True, progress=False)
     attention = tiny_whisper.config._attn_implementation
-    vmapped = gradients.measure_gradients(tiny_whisper, examples, sizes=[2], keep_per_weight=True, progress=False, chunk_size=chunk_size)
+    vmapped = gradients.measure_gradients(
+        tiny_whisper, examples, sizes=[2], keep_per_weight=True, progress=False, chunk_size=chunk_size
+    )
     assert tiny_whisper.config._attn_implementation == attention  # switched to eager only while vmapping
     np.testing.assert_allclose(vmapped.losses, loop.losses, rtol=1e-5)
     pd.testing.assert_frame_equal(vmapped.sq_sums, loop.sq_sums, rtol=1e-4)
     pd.testing.assert_frame_equal(vmapped.obd_sums, loop.obd_sums, rtol=1e-4)
     for size in (2, 5):
-        pd.testing.assert_frame_equal(gradients.tensor_scores(vmapped, size), gradients.tensor_scores(loop, size), rtol=1e-4)
+        pd.testing.assert_frame_equal(
+            gradients.tensor_scores(vmapped, size), gradients.tensor_scores(loop, size), rtol=1e-4
+        )
     for name, fisher in loop.fisher_diag.items():
         assert torch.allclose(vmapped.fisher_diag[name], fisher, rtol=1e-4, atol=1e-12), name
     assert all(not p.requires_grad or p.grad is None for p in tiny_whisper.parameters())
@@ -175,7 +181,9 @@ def test_split_calibration_speaker_disjoint_and_seeded():
     assert len(pool) + len(evaluation) == len(corpus)
     again, _ = calibration.split_calibration(corpus, 2, seed=0)
     assert [u.id for u in again.utterances] == [u.id for u in pool.utterances]
-    others = {frozenset(u.speaker for u in calibration.split_calibration(corpus, 2, seed=s)[0].utterances) for s in range(10)}
+    others = {
+        frozenset(u.speaker for u in calibration.split_calibration(corpus, 2, seed=s)[0].utterances) for s in range(10)
+    }
     assert len(others) > 1  # the seed chooses
     with pytest.raises(ValueError):
         calibration.split_calibration(corpus, 6, seed=0)  # nothing left to evaluate on
@@ -227,7 +235,9 @@ def test_teacher_forcing_reproduces_the_models_own_transcripts(tiny_en, shared_d
     monkeypatch.setenv("PRUNELIB_RESULTS", str(tmp_path))  # pseudo labels are decoded into a throwaway cache
     corpus = load_corpus("librivox-mini:test", data_root=shared_data, limit=2)
     assert loaded.processor.tokenizer.decode(calibration.prefix_ids(loaded)) == "<|startoftranscript|><|notimestamps|>"
-    examples, skipped = calibration.calibration_examples(loaded, corpus, calibration.label_texts(loaded, corpus, "pseudo"))
+    examples, skipped = calibration.calibration_examples(
+        loaded, corpus, calibration.label_texts(loaded, corpus, "pseudo")
+    )
     assert len(examples) == 2 and not skipped
     for example in examples:
         with torch.no_grad():
