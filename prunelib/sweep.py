@@ -58,22 +58,16 @@ def compare_to_dense(evaluation: Evaluation, dense: Evaluation, n_boot: int = 10
     summary = evaluation.summary
     difference = paired_difference(dense.records, evaluation.records, n_boot=n_boot, seed=seed)
     return {
-        "language": summary["language"],
-        "n": summary["n"],
-        "wer": summary["wer"],
+        **{key: summary[key] for key in ("language", "n", "wer")},
         "wer_lo": summary["wer_ci95"][0],
         "wer_hi": summary["wer_ci95"][1],
-        "cer": summary["cer"],
-        "sub_rate": summary["sub_rate"],
-        "ins_rate": summary["ins_rate"],
-        "del_rate": summary["del_rate"],
+        **{key: summary[key] for key in ("cer", "sub_rate", "ins_rate", "del_rate")},
         "delta_wer": difference["diff"],
         "delta_lo": difference["ci95"][0],
         "delta_hi": difference["ci95"][1],
         "p_value": difference["p_value"],
         "sparsity_weights": summary["sparsity"],
-        "sparsity_linear": summary["sparsity_linear"],
-        "rtfx": summary["rtfx"],
+        **{key: summary[key] for key in ("sparsity_linear", "rtfx")},
     }
 
 
