@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from prunelib.calibration import calibration_examples, label_texts
-from prunelib.components import TensorInfo, layer_thirds, list_components, num_layers
+from prunelib.components import TensorInfo, layer_thirds, layers_selector, list_components, num_layers
 from prunelib.corpora import Corpus
 from prunelib.models import LoadedModel
 from prunelib.pruning import SparsityReport, parse_prune_spec, pruned
@@ -136,7 +136,7 @@ def paper_schedule(model: nn.Module) -> Allocation:
     for third, sparsity in PAPER_DECODER_FFN.items():
         layers = thirds[third]
         if layers:  # a stack of fewer than 3 layers has empty thirds
-            items.append(f"decoder.layers[{layers.start}:{layers.stop}].ffn:local={sparsity!r}")
+            items.append(f"{layers_selector('decoder', layers)}.ffn:local={sparsity!r}")
     return Allocation("paper", None, ",".join(items))
 
 

@@ -44,6 +44,11 @@ def layer_thirds(n_layers: int) -> dict[str, range]:
     return {name: range(bounds[i], bounds[i + 1]) for i, name in enumerate(THIRDS)}
 
 
+def layers_selector(stack: str, layers: range) -> str:
+    """A layer range as prune-spec selector text: ``decoder.layers[2:4]``."""
+    return f"{stack}.layers[{layers.start}:{layers.stop}]"
+
+
 def third_of(layer: int, n_layers: int) -> str:
     """Which third ('early', 'middle', 'late') of a stack of `n_layers` layer `layer` lies in."""
     for name, layers in layer_thirds(n_layers).items():

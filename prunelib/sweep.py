@@ -12,7 +12,7 @@ from tqdm import tqdm
 from prunelib import handoff, results
 from prunelib.allocation import Allocation, component_sparsity, reached_sparsity
 from prunelib.analysis import single_utterance_share
-from prunelib.components import layer_thirds, num_layers
+from prunelib.components import layer_thirds, layers_selector, num_layers
 from prunelib.corpora import Corpus
 from prunelib.evaluate import Evaluation, evaluate
 from prunelib.models import LoadedModel
@@ -36,7 +36,7 @@ def paper_component_groups(model, include_embeddings: bool = True) -> dict[str, 
     for stack in ("encoder", "decoder"):
         for third, layers in layer_thirds(num_layers(model)[stack]).items():
             if layers:  # a stack of fewer than 3 layers has empty thirds
-                groups[f"{stack} {third} layers"] = f"{stack}.layers[{layers.start}:{layers.stop}]"
+                groups[f"{stack} {third} layers"] = layers_selector(stack, layers)
     groups["encoder conv front-end"] = "encoder.conv"
     if include_embeddings:
         groups["decoder token embedding"] = "decoder.embed"
