@@ -44,9 +44,14 @@ class Verdict:
     rule: str
 
 
+def interval_text(low: float, high: float) -> str:
+    """A paired interval of a WER change as text: ``[-1.20, +0.35]``."""
+    return f"[{low:+.2f}, {high:+.2f}]"
+
+
 def _interval(row: pd.Series) -> str:
     """The paired interval of a results row as text."""
-    return f"[{row['delta_lo']:+.2f}, {row['delta_hi']:+.2f}]"
+    return interval_text(row["delta_lo"], row["delta_hi"])
 
 
 def nearest_row(table: pd.DataFrame, component: str, sparsity: float = 0.5) -> pd.Series | None:

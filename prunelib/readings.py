@@ -11,10 +11,6 @@ from prunelib.models import LoadedModel
 from prunelib.sweep import best_allocator, target_miss
 
 
-def _interval(low: float, high: float) -> str:
-    return f"[{low:+.2f}, {high:+.2f}]"
-
-
 def model_line(loaded: LoadedModel) -> str:
     """Size, language coverage and source of a loaded model."""
     size = sum(p.numel() for p in loaded.model.parameters()) / 1e6
@@ -41,7 +37,7 @@ def baseline(table: pd.DataFrame, difference: dict | None) -> list[str]:
 # ---- 02 ------------------------------------------------------------------------------------
 
 
-def calibration_split(corpus: Corpus, pool: Corpus, held_out: Corpus, long_ids: Sequence[str]) -> list[str]:
+def split_summary(corpus: Corpus, pool: Corpus, held_out: Corpus, long_ids: Sequence[str]) -> list[str]:
     """Notebook 02: how the corpus was split, and which pool utterances cannot calibrate."""
     by_speaker = all(u.speaker is not None for u in corpus.utterances)
     lines = [f"{corpus.name}: {len(corpus)} utterances; split by "
@@ -109,7 +105,7 @@ def ablation(table: pd.DataFrame) -> list[str]:
     lines = [f"Dense WER under '{dense['language']}': {dense['wer']:.2f} (95% interval {dense['wer_lo']:.2f} to "
              f"{dense['wer_hi']:.2f}, n = {int(dense['n'])}).",
              f"At sparsity {at_half['requested_sparsity'].iloc[0]:.0%}, from most robust to most fragile:"]
-    lines += [f"  {row.component:26s} {row.delta_wer:+7.2f} points  {_interval(row.delta_lo, row.delta_hi)}"
+    lines += [f"  {row.component:26s} {row.delta_wer:+7.2f} points  {claims.interval_text(row.delta_lo, row.delta_hi)}"
               for row in at_half.sort_values("delta_wer").itertuples()]
     gains = claims.gains(table)
     lines.append(f"Settings whose paired interval lies below zero (a real gain at this n): {len(gains)}"
@@ -143,13 +139,13 @@ def allocations(table: pd.DataFrame, at_target: pd.DataFrame, crossings: pd.Data
     for name in [n for n in ("global+embed", "global") if n in rows.index]:
         row = rows.loc[name]
         lines.append(f"- {name} at {target:.0%}: WER {row['wer']:.2f} ({row['delta_wer']:+.2f} points "
-                     f"{_interval(row['delta_lo'], row['delta_hi'])}) -> collapse "
+                     f"{claims.interval_text(row['delta_lo'], row['delta_hi'])}) -> collapse "
                      f"{claims.judge_collapse(row, dense['wer'])}; {row['sparsity_weights']:.1f}% of all weights zero.")
     aware = pd.concat([rows[rows.index.str.startswith("sensitivity-")], paper])
     for name, row in aware.iterrows():
         lines.append(f"- {name} at {row['sparsity_linear']:.1f}% of linear weights: WER {row['wer']:.2f} "
-                     f"({row['delta_wer']:+.2f} points {_interval(row['delta_lo'], row['delta_hi'])}) -> near baseline "
-                     f"{claims.judge_near(row)}")
+                     f"({row['delta_wer']:+.2f} points {claims.interval_text(row['delta_lo'], row['delta_hi'])}) "
+                     f"-> near baseline {claims.judge_near(row)}")
     best = best_allocator(at_target)
     lines.append(f"- Lowest WER at the {target:.0%} target among matched allocators: {best} "
                  f"({rows.loc[best, 'wer']:.2f}).")
@@ -168,7 +164,7 @@ def cross_dataset(table: pd.DataFrame) -> list[str]:
     """Notebook 05: each system's change per corpus, and where one utterance alone flips its sign."""
     lines = []
     for (language, system), part in table[table["system"] != "dense"].groupby(["language", "system"], sort=False):
-        changes = ", ".join(f"{r.dataset} {r.delta_wer:+.2f} {_interval(r.delta_lo, r.delta_hi)}"
+        changes = ", ".join(f"{r.dataset} {r.delta_wer:+.2f} {claims.interval_text(r.delta_lo, r.delta_hi)}"
                             for r in part.itertuples())
         lines.append(f"- '{language}', {system}: {changes}")
         for r in part[part["delta_wer"] * part["delta_without_top"] < 0].itertuples():

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from prunelib import handoff, results
 from prunelib.allocation import Allocation, component_sparsity, reached_sparsity
 from prunelib.analysis import single_utterance_share
+from prunelib.claims import interval_text
 from prunelib.components import layer_thirds, layers_selector, num_layers
 from prunelib.corpora import Corpus
 from prunelib.evaluate import Evaluation, evaluate
@@ -235,10 +236,6 @@ def best_allocator(at_target_table: pd.DataFrame) -> str:
     return str(matched.loc[matched["wer"].idxmin(), "allocator"])
 
 
-def _interval_text(low: float, high: float) -> str:
-    return f"[{low:+.2f}, {high:+.2f}]"
-
-
 def at_target(run: AllocationRun, target: float, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Every allocation at `target` (and the paper's table), against dense and, paired, against global magnitude."""
     reference = next((name for name in ("global+embed", "global") if (name, target) in run.evaluations), None)
@@ -249,11 +246,11 @@ def at_target(run: AllocationRun, target: float, n_boot: int = 1000, seed: int =
         entry = run.rows[(name, at)]
         line = {"allocator": name, "sparsity_linear": entry["sparsity_linear"],
                 "sparsity_weights": entry["sparsity_weights"], "wer": entry["wer"], "vs dense": entry["delta_wer"],
-                "vs dense 95%": _interval_text(entry["delta_lo"], entry["delta_hi"])}
+                "vs dense 95%": interval_text(entry["delta_lo"], entry["delta_hi"])}
         if reference is not None:
             versus = paired_difference(run.evaluations[(reference, target)].records, evaluation.records,
                                        n_boot=n_boot, seed=seed)
-            line |= {f"vs {reference}": versus["diff"], f"vs {reference} 95%": _interval_text(*versus["ci95"])}
+            line |= {f"vs {reference}": versus["diff"], f"vs {reference} 95%": interval_text(*versus["ci95"])}
         lines.append(line)
     return pd.DataFrame(lines)
 
