@@ -8,6 +8,7 @@ import sys
 import time
 
 from prunelib import distributed
+from prunelib.allocation import ALLOCATORS, NEEDS_CALIBRATION
 from prunelib.audio import AudioError
 from prunelib.corpora import CorpusError
 from prunelib.notebooks import ProfileRequirementError
@@ -78,7 +79,6 @@ def _sensitivity(args: argparse.Namespace) -> dict:
 def _export(args: argparse.Namespace) -> dict:
     """Allocate a target sparsity, prune a copy of the model and save it with its sparsity report."""
     from prunelib import export, handoff
-    from prunelib.allocation import NEEDS_NORMS
     from prunelib.corpora import load_corpus
     from prunelib.models import load_model
 
@@ -87,7 +87,7 @@ def _export(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     loaded = load_model(args.model)
     calibration = None
-    if args.allocator in NEEDS_NORMS:
+    if args.allocator in NEEDS_CALIBRATION:
         corpus = load_corpus(args.dataset, data_root=args.data_root)
         calibration = handoff.calibration_pool(corpus, args.split, args.calibration_speakers, args.seed)
     scores = None
@@ -161,12 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="prune a copy of a model by one allocator at a target sparsity and save it")
     ex.add_argument("--model", required=True, help="hub id (openai/whisper-base) or local folder")
-    ex.add_argument("--allocator", required=True, help="global+embed | global | uniform | random | wanda | owl | "
-                    "sensitivity-fisher | sensitivity-gradient | paper")
+    ex.add_argument("--allocator", required=True, help=" | ".join(ALLOCATORS))
     ex.add_argument("--target", type=float, required=True, help="sparsity over the prunable linear weights, e.g. 0.4")
     ex.add_argument("--out", required=True, help="folder to save_pretrained into (replaced if present)")
     ex.add_argument("--dataset", default="librispeech:test-other",
-                    help="calibration corpus NAME:SPLIT (wanda, owl)")
+                    help="calibration corpus NAME:SPLIT (" + ", ".join(NEEDS_CALIBRATION) + ")")
     ex.add_argument("--split", default=None,
                     help="notebook 02's 02_calibration.csv: calibrate on its utterances (default: draw speakers)")
     ex.add_argument(

@@ -30,16 +30,19 @@ import pandas as pd
 import torch
 from torch import nn
 
-from prunelib.calibration import calibration_examples, label_texts
+from prunelib import sparsegpt as sgpt
+from prunelib.calibration import Example, calibration_examples, label_texts
 from prunelib.components import TensorInfo, layer_thirds, layers_selector, list_components, num_layers
 from prunelib.corpora import Corpus
 from prunelib.models import LoadedModel
 from prunelib.pruning import SparsityReport, parse_prune_spec, pruned
 
-ALLOCATORS = ("global+embed", "global", "uniform", "random", "wanda", "owl",
+ALLOCATORS = ("global+embed", "global", "uniform", "random", "wanda", "owl", "sparsegpt", "sparsegpt+owl",
               "sensitivity-fisher", "sensitivity-gradient", "paper")
 MATCHED = tuple(name for name in ALLOCATORS if name != "paper")  # hit the requested target
-NEEDS_NORMS = ("wanda", "owl")  # read input-activation norms of calibration audio
+NEEDS_NORMS = ("wanda", "owl", "sparsegpt+owl")  # read input-activation norms of calibration audio
+NEEDS_EXAMPLES = ("sparsegpt", "sparsegpt+owl")  # run SparseGPT on teacher-forced calibration examples
+NEEDS_CALIBRATION = tuple(dict.fromkeys(NEEDS_NORMS + NEEDS_EXAMPLES))  # either: calibration audio is read
 SCORE_METHODS = ("fisher", "gradient")  # component scores the sensitivity-aware allocator understands
 
 # The paper's final "sensitivity-aware" table (pruning_and_storing_as_sparse.py), per matrix.
@@ -56,7 +59,8 @@ class Allocation:
     target: float | None  # requested sparsity over prunable linear weights; None for the paper's table
     spec: str  # prune-spec text
     importance: Mapping[str, torch.Tensor] | None = None  # None: magnitude
-    importance_name: str = "magnitude"  # names the scores in evaluation cache keys
+    importance_name: str = "magnitude"  # names the scores (and weights) in evaluation cache keys
+    weights: Mapping[str, torch.Tensor] | None = None  # replacement tensors (SparseGPT updates what it keeps)
 
 
 def linear_tensors(model: nn.Module) -> list[TensorInfo]:
@@ -275,19 +279,27 @@ def collect_input_norms(model: nn.Module, batches: Iterable[Mapping[str, torch.T
     return {name: total.sqrt().float() for name, total in sums.items()}
 
 
-def calibration_norms(loaded: LoadedModel, calibration: Corpus) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """`collect_input_norms` over `calibration`, one teacher-forced pass per utterance, and the ids skipped.
+def reference_examples(loaded: LoadedModel, calibration: Corpus) -> tuple[list[Example], list[str]]:
+    """Teacher-forced examples of `calibration` with sentence-cased references as decoder input, and the ids skipped.
 
-    The decoder input is each utterance's sentence-cased reference; utterances over 30 s or
-    unreadable are skipped, as in the sensitivity scores.
+    Utterances over 30 s or unreadable are skipped, as in the sensitivity scores.
     """
-    texts = label_texts(loaded, calibration, "reference")
-    examples, skipped = calibration_examples(loaded, calibration, texts)
+    examples, skipped = calibration_examples(loaded, calibration, label_texts(loaded, calibration, "reference"))
     if not examples:
         raise ValueError(f"no usable calibration utterance in {calibration.name} (all over 30 s or unreadable)")
-    batches = [{"input_features": e.input_features[None], "decoder_input_ids": e.decoder_input_ids[None]}
-               for e in examples]
-    return collect_input_norms(loaded.model, batches), skipped
+    return examples, skipped
+
+
+def example_norms(model: nn.Module, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    """`collect_input_norms` over teacher-forced examples, one pass each."""
+    return collect_input_norms(model, [{"input_features": e.input_features[None],
+                                        "decoder_input_ids": e.decoder_input_ids[None]} for e in examples])
+
+
+def calibration_norms(loaded: LoadedModel, calibration: Corpus) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """`collect_input_norms` over `calibration`, one teacher-forced pass per utterance, and the ids skipped."""
+    examples, skipped = reference_examples(loaded, calibration)
+    return example_norms(loaded.model, examples), skipped
 
 
 def _row_ranks(score: torch.Tensor) -> torch.Tensor:
@@ -387,19 +399,44 @@ def owl(model: nn.Module, target: float, norms: Mapping[str, torch.Tensor], lam:
                       importance_name=f"wanda-{_digest(norms)}")
 
 
+# ---- SparseGPT inside any allocation ----------------------------------------------------------
+
+
+def with_sparsegpt(model: nn.Module, allocation: Allocation, examples: Sequence[Example],
+                   progress: bool = False, **options) -> Allocation:
+    """`allocation`'s weights per matrix (as its spec takes them by magnitude), chosen and compensated by SparseGPT.
+
+    Named ``sparsegpt`` on the uniform allocation, ``sparsegpt+<allocator>`` on another one.
+    `options` go to `sparsegpt.sparsegpt` (blocksize, percdamp, mask_block).
+    """
+    result = sgpt.sparsegpt(model, allocation.spec, examples, progress=progress, **options)
+    name = "sparsegpt" if allocation.name == "uniform" else f"sparsegpt+{allocation.name}"
+    return Allocation(name, allocation.target, allocation.spec, importance=result.keep_scores(),
+                      importance_name=f"sparsegpt-{result.digest()}", weights=result.weights)
+
+
 # ---- one entry point and the check -----------------------------------------------------------
 
 
 def allocate(name: str, model: nn.Module, target: float, scores: pd.DataFrame | None = None,
              norms: Mapping[str, torch.Tensor] | None = None, seed: int = 0, cap: float = 0.7,
              owl_lambda: float = 0.08, owl_outlier: float = 5.0,
-             wanda_scores: Mapping[str, torch.Tensor] | None = None) -> Allocation:
+             wanda_scores: Mapping[str, torch.Tensor] | None = None,
+             examples: Sequence[Example] | None = None) -> Allocation:
     """The allocation of allocator `name` (one of ALLOCATORS) at `target`.
 
     `scores`: per-component table indexed by component with `fisher` and `gradient` columns
     (sensitivity allocators); `norms`: `collect_input_norms` output (wanda, owl), with
-    `wanda_scores` = `wanda_importance(model, norms)` to compute them once for many targets.
+    `wanda_scores` = `wanda_importance(model, norms)` to compute them once for many targets;
+    `examples`: teacher-forced calibration examples (sparsegpt, sparsegpt+owl).
     """
+    if name in NEEDS_EXAMPLES:
+        if not examples:
+            raise ValueError(f"{name} needs teacher-forced calibration examples (reference_examples)")
+        base = "owl" if name == "sparsegpt+owl" else "uniform"
+        inner = allocate(base, model, target, norms=norms, owl_lambda=owl_lambda, owl_outlier=owl_outlier,
+                         wanda_scores=wanda_scores)
+        return with_sparsegpt(model, inner, examples)
     if name in ("global", "global+embed"):
         return global_magnitude(model, target, embed=name == "global+embed")
     if name == "uniform":
@@ -468,7 +505,8 @@ def magnitude_scale(model: nn.Module, quantile: float = 0.4) -> pd.DataFrame:
 
 def reached_sparsity(model: nn.Module, allocation: Allocation) -> SparsityReport:
     """Apply the allocation temporarily and report the sparsity it reaches (weights restored)."""
-    with pruned(model, parse_prune_spec(allocation.spec), importance=allocation.importance) as report:
+    with pruned(model, parse_prune_spec(allocation.spec), importance=allocation.importance,
+                weights=allocation.weights) as report:
         return report
 
 

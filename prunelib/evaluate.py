@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import transformers
 
 from prunelib import distributed, results, scoring
@@ -157,6 +159,7 @@ def evaluate(
     prune: str = "",
     importance: dict | None = None,
     importance_name: str = "magnitude",
+    weights: Mapping[str, torch.Tensor] | None = None,
     cache_dir: Path | None = None,
     progress: bool = True,
     n_boot: int = 1000,
@@ -172,11 +175,13 @@ def evaluate(
     counted (and dropped when the file is next rewritten). With `reuse_encoder`, encoder outputs
     kept in memory from earlier calls are reused when the encoder's weights are the same: every
     prune that leaves the encoder dense, and the same prune under another decoding pipeline.
+    `weights` replaces whole tensors before the masks (SparseGPT); `importance_name` must then
+    name them too.
     """
     spec = parse_prune_spec(prune)
-    if importance is not None and importance_name == "magnitude":
-        raise ValueError("name the importance scores (importance_name) so cached results stay distinct")
-    importance_label = importance_name if importance is not None else "magnitude"
+    if (importance is not None or weights is not None) and importance_name == "magnitude":
+        raise ValueError("name the importance scores and weights (importance_name) so cached results stay distinct")
+    importance_label = importance_name if importance is not None or weights is not None else "magnitude"
     key = evaluation_key(loaded, corpus, decoding, str(spec), importance_label)
     cache_dir = Path(cache_dir) if cache_dir is not None else results_root() / "cache"
     final = cache_dir / f"{key}.jsonl"
@@ -197,7 +202,7 @@ def evaluate(
         log.info("read %d cached results from %s", len(records), final)
     else:
         done = {**from_final, **_reusable(_stored_records(partial), corpus, fingerprints)}
-        with pruned(loaded.model, spec, importance=importance) as report:
+        with pruned(loaded.model, spec, importance=importance, weights=weights) as report:
             shared = encoder_key(loaded, spec, importance_label) if reuse_encoder else None
             records, n_decoded = _decode_missing(loaded, corpus, decoding, done, fingerprints, partial, shared,
                                                  progress)
@@ -205,7 +210,7 @@ def evaluate(
         partial.unlink(missing_ok=True)
     if sparsity is None:
         if report is None:
-            with pruned(loaded.model, spec, importance=importance) as report:
+            with pruned(loaded.model, spec, importance=importance, weights=weights) as report:
                 pass
         sparsity = {"sparsity": round(100 * report.overall_weights, 3),
                     "sparsity_linear": round(100 * report.overall_linear, 3)}

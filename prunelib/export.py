@@ -20,7 +20,7 @@ def save_allocation(loaded: LoadedModel, allocation: alloc.Allocation, out_dir: 
     The export's marker names the allocator and its target, for whoever reads the folder later.
     """
     about = {"allocator": allocation.name, "target": allocation.target, "model": loaded.name}
-    with pruned(loaded.model, allocation.spec, importance=allocation.importance) as report:
+    with pruned(loaded.model, allocation.spec, importance=allocation.importance, weights=allocation.weights) as report:
         export_pruned(loaded.model, loaded.processor, out_dir, report, about=about)
     return report
 
@@ -31,19 +31,22 @@ def export_allocation(loaded: LoadedModel, allocator: str, target: float, out_di
                       ) -> tuple[alloc.Allocation, SparsityReport]:
     """Allocate `target` sparsity with `allocator`, prune a copy of the weights, save it to `out_dir`.
 
-    Wanda and OWL need `calibration` audio, the sensitivity allocators a `scores` table; the
-    others need neither.
+    Wanda, OWL and SparseGPT need `calibration` audio, the sensitivity allocators a `scores`
+    table; the others need neither.
     """
     if allocator not in alloc.ALLOCATORS:
         raise ValueError(f"unknown allocator {allocator!r}; known: {', '.join(alloc.ALLOCATORS)}")
-    norms = wanda_scores = None
-    if allocator in alloc.NEEDS_NORMS:
+    norms = wanda_scores = examples = None
+    if allocator in alloc.NEEDS_CALIBRATION:
         if calibration is None or len(calibration) == 0:
-            raise ValueError(f"{allocator} needs calibration utterances for its activation norms")
-        norms, _ = alloc.calibration_norms(loaded, calibration)
+            raise ValueError(f"{allocator} needs calibration utterances")
+        examples, _ = alloc.reference_examples(loaded, calibration)
+    if allocator in alloc.NEEDS_NORMS:
+        norms = alloc.example_norms(loaded.model, examples)
         wanda_scores = alloc.wanda_importance(loaded.model, norms)
     allocation = alloc.allocate(allocator, loaded.model, target, scores=scores, norms=norms, seed=seed, cap=cap,
-                                owl_lambda=owl_lambda, owl_outlier=owl_outlier, wanda_scores=wanda_scores)
+                                owl_lambda=owl_lambda, owl_outlier=owl_outlier, wanda_scores=wanda_scores,
+                                examples=examples)
     return allocation, save_allocation(loaded, allocation, out_dir)
 
 

@@ -338,15 +338,30 @@ def sparsity_report(model: nn.Module, spec: PruneSpec | str | None = None) -> Sp
 
 
 @contextmanager
-def pruned(model: nn.Module, spec: PruneSpec | str,
-           importance: Mapping[str, torch.Tensor] | None = None) -> Iterator[SparsityReport]:
-    """Zero the selected weights in place for the ``with`` body, then restore them bit-exactly."""
+def pruned(model: nn.Module, spec: PruneSpec | str, importance: Mapping[str, torch.Tensor] | None = None,
+           weights: Mapping[str, torch.Tensor] | None = None) -> Iterator[SparsityReport]:
+    """Zero the selected weights in place for the ``with`` body, then restore them bit-exactly.
+
+    `weights` replaces whole tensors first (methods such as SparseGPT that update the weights they
+    keep); the masks, chosen from `importance` as always, are applied on top of them.
+    """
     spec = parse_prune_spec(spec)
-    masks = compute_masks(model, spec, importance)
     params = dict(model.named_parameters())
+    unknown = sorted(set(weights or {}) - set(params))
+    if unknown:
+        raise ValueError(f"replacement weights for unknown tensors {unknown[:3]}")
+    for name, value in (weights or {}).items():
+        if tuple(value.shape) != tuple(params[name].shape):
+            raise ValueError(f"replacement for {name!r} has shape {tuple(value.shape)}, "
+                             f"expected {tuple(params[name].shape)}")
+    masks = compute_masks(model, spec, importance)
+    replaced: dict[str, torch.Tensor] = {}
     saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     try:
         with torch.no_grad():
+            for name, value in (weights or {}).items():
+                replaced[name] = params[name].detach().clone()  # a whole copy: every value may change
+                params[name].data.copy_(value)
             for name in list(masks):
                 drop = ~masks.pop(name)
                 # Only the zeroed values are kept, so the undo costs a bool mask plus k values.
@@ -357,6 +372,8 @@ def pruned(model: nn.Module, spec: PruneSpec | str,
         with torch.no_grad():
             for name, (drop, values) in saved.items():
                 params[name].data.masked_scatter_(drop, values)
+            for name, value in replaced.items():
+                params[name].data.copy_(value)
 
 
 @torch.no_grad()

@@ -210,7 +210,8 @@ def run_allocations(loaded: LoadedModel, corpus: Corpus, plan: Sequence[Allocati
     evaluations, sparsity = {}, {}
     for allocation in tqdm(plan, desc="allocations", unit="allocation", disable=not progress):
         evaluation = evaluate(loaded, corpus, decoding, prune=allocation.spec, importance=allocation.importance,
-                              importance_name=allocation.importance_name, progress=False, n_boot=n_boot)
+                              importance_name=allocation.importance_name, weights=allocation.weights,
+                              progress=False, n_boot=n_boot)
         key = (allocation.name, allocation.target)
         evaluations[key] = evaluation
         # A cache hit prunes nothing, so it has no report: the sparsity is then measured on its own.

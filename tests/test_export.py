@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from transformers import WhisperForConditionalGeneration
 
 from prunelib import export, handoff
@@ -34,6 +35,32 @@ def test_wanda_export_restores_the_model_and_reloads_at_the_target(tiny_en, libr
     assert (tmp_path / "wanda_30" / "normalizer.json").exists()
     tokenizer = WhisperProcessor.from_pretrained(tmp_path / "wanda_30").tokenizer
     assert tokenizer.normalize("Mr. Smith's colour") == "mister smith is color"
+
+
+def test_sparsegpt_export_saves_the_updated_weights_and_reloads_to_the_same_transcripts(tiny_en, librivox, tmp_path):
+    from prunelib.evaluate import evaluate
+    from prunelib.models import LoadedModel
+    from prunelib.transcribe import Decoding
+
+    before = weights_fingerprint(tiny_en.model)
+    calibration = handoff.calibration_pool(librivox, n_speakers=1, seed=0)
+    calibrating = {u.id for u in calibration.utterances}
+    held_out = librivox.subset([u.id for u in librivox.utterances if u.id not in calibrating])
+    allocation, _ = export.export_allocation(tiny_en, "sparsegpt", 0.3, tmp_path / "sgpt_30", calibration)
+    assert weights_fingerprint(tiny_en.model) == before
+    reloaded = WhisperForConditionalGeneration.from_pretrained(tmp_path / "sgpt_30").eval()
+    params = dict(reloaded.named_parameters())
+    assert all(torch.equal(params[name], value) for name, value in allocation.weights.items())  # updated, not masked
+    assert sparsity_report(reloaded).overall_linear == pytest.approx(0.3, abs=1e-5)  # per-matrix rounding only
+    decoding = Decoding(language="en", batch_size=4)
+    in_place = evaluate(tiny_en, held_out, decoding, prune=allocation.spec, importance=allocation.importance,
+                        importance_name=allocation.importance_name, weights=allocation.weights,
+                        cache_dir=tmp_path / "a", progress=False, n_boot=10)
+    as_saved = LoadedModel(name="export", model=reloaded, processor=tiny_en.processor, source="test",
+                           fingerprint=weights_fingerprint(reloaded))
+    again = evaluate(as_saved, held_out, decoding, cache_dir=tmp_path / "b", progress=False, n_boot=10)
+    assert [r["hypothesis"] for r in in_place.records] == [r["hypothesis"] for r in again.records]
+    assert json.loads((tmp_path / "sgpt_30" / "prunelib_export.json").read_text())["allocator"] == "sparsegpt"
 
 
 def test_cli_exports_a_magnitude_allocation(tiny_en, tmp_path, capsys):

@@ -11,7 +11,7 @@ LAYERS = {
     "data, models and the prune mechanism": ["paths", "results", "hub", "audio", "corpora", "components", "ct2",
                                              "encoder_cache", "models", "pruning"],
     "transcription and scoring": ["distributed", "transcribe", "scoring", "analysis", "evaluate"],
-    "pruning methods": ["calibration", "gradients", "sensitivity", "reliability", "allocation", "export"],
+    "pruning methods": ["calibration", "gradients", "sparsegpt", "sensitivity", "reliability", "allocation", "export"],
     "the study": ["handoff", "sweep", "claims", "readings", "plots", "notebooks", "__main__", "__init__"],
 }
 LEVEL = {module: level for level, modules in enumerate(LAYERS.values()) for module in modules}
