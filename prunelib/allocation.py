@@ -22,7 +22,7 @@ is reported beside it by `reached_sparsity`. Allocators:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,13 +35,16 @@ from prunelib.calibration import Example, calibration_examples, label_texts
 from prunelib.components import TensorInfo, layer_thirds, layers_selector, list_components, num_layers
 from prunelib.corpora import Corpus
 from prunelib.models import LoadedModel
-from prunelib.pruning import SparsityReport, parse_prune_spec, pruned
+from prunelib.pruning import SparsityReport, parse_prune_spec, pruned, resolve
 
 ALLOCATORS = ("global+embed", "global", "uniform", "random", "wanda", "owl", "sparsegpt", "sparsegpt+owl",
-              "sensitivity-fisher", "sensitivity-gradient", "paper")
+              "sensitivity-fisher", "sensitivity-gradient", "empirical", "sparsegpt+empirical", "paper")
 MATCHED = tuple(name for name in ALLOCATORS if name != "paper")  # hit the requested target
 NEEDS_NORMS = ("wanda", "owl", "sparsegpt+owl")  # read input-activation norms of calibration audio
-NEEDS_EXAMPLES = ("sparsegpt", "sparsegpt+owl")  # run SparseGPT on teacher-forced calibration examples
+NEEDS_EXAMPLES = ("sparsegpt", "sparsegpt+owl", "sparsegpt+empirical")  # SparseGPT on teacher-forced examples
+NEEDS_CURVES = ("empirical", "sparsegpt+empirical")  # allocate from damage curves measured on calibration speakers
+# Per-component sparsity from a measured sensitivity: what the paper's "sensitivity-aware" claim is judged on.
+SENSITIVITY_AWARE = ("sensitivity-fisher", "sensitivity-gradient", *NEEDS_CURVES)
 NEEDS_CALIBRATION = tuple(dict.fromkeys(NEEDS_NORMS + NEEDS_EXAMPLES))  # either: calibration audio is read
 SCORE_METHODS = ("fisher", "gradient")  # component scores the sensitivity-aware allocator understands
 
@@ -179,6 +182,38 @@ def _damage_curves(model: nn.Module, groups: dict[str, list[TensorInfo]], power:
     return curves
 
 
+def _water_fill(numel: Mapping[str, int], grid: np.ndarray, target: float,
+                step_cost: Callable[[str, int], float]) -> dict[str, float]:
+    """Greedy water-filling: sparsity per component reaching `target` of all their weights.
+
+    In steps of the `grid` (0 .. cap), the next step goes to the component whose next step costs
+    least per weight (`step_cost(component, index)`), until the pruned count reaches the target;
+    the last step is cut short so the target is met exactly. Ties go to the earlier component.
+    Optimal when every component's cumulative cost is convex over the grid.
+    """
+    steps = len(grid) - 1
+    need = target * sum(numel.values())
+    level = dict.fromkeys(numel, 0)  # grid index reached per component
+    sparsity = dict.fromkeys(numel, 0.0)
+    done = 0.0
+    while need - done > 1e-9:
+        best, best_cost = None, np.inf
+        for c in numel:
+            if level[c] >= steps:
+                continue
+            cost = step_cost(c, level[c])
+            if cost < best_cost:  # strict: ties go to the earlier component, deterministically
+                best, best_cost = c, cost
+        if best is None:  # every component at the cap: only float rounding can leave a remainder
+            break
+        i = level[best]
+        take = min(grid[i + 1] - grid[i], (need - done) / numel[best])
+        sparsity[best] = grid[i] + take
+        level[best] = i + 1
+        done += take * numel[best]
+    return sparsity
+
+
 def sensitivity_aware(model: nn.Module, target: float, scores: Mapping[str, float] | pd.Series,
                       method: str = "fisher", cap: float = 0.7, step: float = 0.01) -> Allocation:
     """Per-component sparsities that reach `target` with the least predicted damage, none above `cap`.
@@ -213,29 +248,94 @@ def sensitivity_aware(model: nn.Module, target: float, scores: Mapping[str, floa
     power, factor = (2, 0.5) if method == "fisher" else (1, 1.0)
     curves = _damage_curves(model, groups, power, grid)
     numel = {c: sum(info.numel for info in infos) for c, infos in groups.items()}
-    need = target * sum(numel.values())
-    level = {c: 0 for c in groups}  # grid index reached per component
-    sparsity = {c: 0.0 for c in groups}
-    done = 0.0
-    while need - done > 1e-9:
-        best, best_cost = None, np.inf
-        for c in groups:
-            i = level[c]
-            if i >= steps:
-                continue
-            added = (grid[i + 1] - grid[i]) * numel[c]
-            cost = factor * scores[c] * (curves[c][i + 1] - curves[c][i]) / added
-            if cost < best_cost:  # strict: ties go to the earlier component, deterministically
-                best, best_cost = c, cost
-        if best is None:  # every component at the cap: only float rounding can leave a remainder
-            break
-        i = level[best]
-        take = min(grid[i + 1] - grid[i], (need - done) / numel[best])
-        sparsity[best] = grid[i] + take
-        level[best] = i + 1
-        done += take * numel[best]
+
+    def step_cost(c: str, i: int) -> float:
+        added = (grid[i + 1] - grid[i]) * numel[c]
+        return factor * scores[c] * (curves[c][i + 1] - curves[c][i]) / added
+
+    sparsity = _water_fill(numel, grid, target, step_cost)
     items = [f"{c}:local={_fmt(p)}" for c, p in sparsity.items() if p > 0]
     return Allocation(f"sensitivity-{method}", target, ",".join(items) or "dense")
+
+
+# ---- empirical: allocation from measured damage ------------------------------------------------
+
+EMPIRICAL_KINDS = {"encoder": ("self_attn", "ffn"), "decoder": ("self_attn", "cross_attn", "ffn")}
+
+
+def empirical_groups(model: nn.Module) -> dict[str, str]:
+    """The groups whose damage is measured: each kind of each stack, per third of its layers, as {label: selector}."""
+    layers = num_layers(model)
+    groups = {}
+    for stack, kinds in EMPIRICAL_KINDS.items():
+        for kind in kinds:
+            for third, span in layer_thirds(layers[stack]).items():
+                if span:  # a stack of fewer than 3 layers has empty thirds
+                    groups[f"{stack} {kind} ({third})"] = f"{layers_selector(stack, span)}.{kind}"
+    return groups
+
+
+def _lower_hull(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The lower convex envelope of points (xs sorted), evaluated at xs."""
+    hull: list[int] = []
+    for i in range(len(xs)):
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # b lies on or above the chord from a to i: it is not on the lower hull
+            if (ys[b] - ys[a]) * (xs[i] - xs[a]) >= (ys[i] - ys[a]) * (xs[b] - xs[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return np.interp(xs, xs[hull], ys[hull])
+
+
+def empirical(model: nn.Module, target: float, curves: pd.DataFrame, cap: float = 0.7,
+              step: float = 0.01) -> Allocation:
+    """Per-group sparsities that reach `target` with the least damage predicted from measured curves.
+
+    `curves` has one row per (selector, sparsity) with the measured `damage` (WER change against
+    dense on calibration utterances, that group alone pruned by magnitude within each matrix);
+    dense (sparsity 0, damage 0) is added to every curve. Rule:
+    1. each curve is replaced by the lower convex envelope of its points, interpolated linearly
+       (a steep first step followed by flat ones is priced at its average, so the greedy rule
+       sees past it; a point above the envelope, a bump, is bridged);
+    2. the predicted damage of an allocation is the sum over groups (additivity is assumed;
+       notebook 04's evaluation on held-out speakers tests it);
+    3. greedy water-filling on those convex curves, in steps of `step` up to the smaller of `cap`
+       and the largest measured sparsity, is then optimal, and meets the target over the
+       prunable linear weights exactly.
+    The groups must cover every prunable matrix.
+    """
+    _check_target(target)
+    groups = list(dict.fromkeys(curves["selector"]))
+    numel, covered = {}, set()
+    params = dict(model.named_parameters())
+    for selector in groups:
+        (_, names), = resolve(f"{selector}=0.5", model)
+        numel[selector] = sum(params[name].numel() for name in names)
+        covered |= set(names)
+    missing = {info.name for info in linear_tensors(model)} - covered
+    if missing:
+        raise ValueError(f"the damage curves cover no group holding {sorted(missing)[:3]}")
+    reach = min(cap, float(curves.groupby("selector")["sparsity"].max().min()))
+    if target > reach:
+        raise ValueError(f"target {target} lies beyond the measured curves or the cap ({reach})")
+    steps = int(np.ceil(reach / step - 1e-9))
+    grid = np.minimum(np.arange(steps + 1) * step, reach)
+    predicted = {}
+    for selector, block in curves.groupby("selector", sort=False):
+        block = block.sort_values("sparsity")
+        xs = np.array([0.0, *block["sparsity"]], dtype=float)
+        ys = np.array([0.0, *block["damage"]], dtype=float)
+        predicted[selector] = np.interp(grid, xs, _lower_hull(xs, ys))
+
+    def step_cost(c: str, i: int) -> float:
+        return (predicted[c][i + 1] - predicted[c][i]) / ((grid[i + 1] - grid[i]) * numel[c])
+
+    sparsity = _water_fill(numel, grid, target, step_cost)
+    items = [f"{c}:local={_fmt(p)}" for c, p in sparsity.items() if p > 0]
+    return Allocation("empirical", target, ",".join(items) or "dense")
 
 
 # ---- Wanda and OWL -------------------------------------------------------------------------
@@ -422,21 +522,26 @@ def allocate(name: str, model: nn.Module, target: float, scores: pd.DataFrame | 
              norms: Mapping[str, torch.Tensor] | None = None, seed: int = 0, cap: float = 0.7,
              owl_lambda: float = 0.08, owl_outlier: float = 5.0,
              wanda_scores: Mapping[str, torch.Tensor] | None = None,
-             examples: Sequence[Example] | None = None) -> Allocation:
+             examples: Sequence[Example] | None = None, curves: pd.DataFrame | None = None) -> Allocation:
     """The allocation of allocator `name` (one of ALLOCATORS) at `target`.
 
     `scores`: per-component table indexed by component with `fisher` and `gradient` columns
     (sensitivity allocators); `norms`: `collect_input_norms` output (wanda, owl), with
     `wanda_scores` = `wanda_importance(model, norms)` to compute them once for many targets;
-    `examples`: teacher-forced calibration examples (sparsegpt, sparsegpt+owl).
+    `examples`: teacher-forced calibration examples (the SparseGPT allocators); `curves`: damage
+    curves measured on calibration utterances (`sweep.damage_curves`; the empirical allocators).
     """
     if name in NEEDS_EXAMPLES:
         if not examples:
             raise ValueError(f"{name} needs teacher-forced calibration examples (reference_examples)")
-        base = "owl" if name == "sparsegpt+owl" else "uniform"
+        base = name.split("+", 1)[1] if "+" in name else "uniform"
         inner = allocate(base, model, target, norms=norms, owl_lambda=owl_lambda, owl_outlier=owl_outlier,
-                         wanda_scores=wanda_scores)
+                         wanda_scores=wanda_scores, cap=cap, curves=curves)
         return with_sparsegpt(model, inner, examples)
+    if name == "empirical":
+        if curves is None:
+            raise ValueError("empirical needs damage curves measured on calibration utterances (sweep.damage_curves)")
+        return empirical(model, target, curves, cap=cap)
     if name in ("global", "global+embed"):
         return global_magnitude(model, target, embed=name == "global+embed")
     if name == "uniform":

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from prunelib.allocation import SENSITIVITY_AWARE
+
 # The paper's numbers: whisper-small, LibriSpeech test-other, its own decoding pipeline (DESIGN.md).
 PAPER_DENSE = 11.64
 PAPER = {
@@ -17,6 +19,7 @@ PAPER = {
     "sensitivity-aware 40% near baseline": 11.84,
 }
 NEAR = 1.0  # "near baseline": within one WER point of dense
+BEST_ANY = "best one-shot method of any kind 40% near baseline"  # judged beside the paper's claims, not one of them
 
 RULES = {
     "worse": "replicated when the paired 95% interval of the WER change lies above 0",
@@ -209,13 +212,19 @@ def allocation_claims(results_04: pd.DataFrame, model: str, target: float = 0.4)
         verdicts.append(Verdict("global 40% collapses", f"{PAPER_DENSE:.2f} -> {PAPER['global 40% collapses']:.2f}",
                                 f"{dense['wer']:.2f} -> {row['wer']:.2f}", _interval(row), setting,
                                 judge_collapse(row, dense["wer"]), RULES["collapses"]))
-    aware = at[at["allocator"].str.startswith("sensitivity")]
+    aware = at[at["allocator"].isin(SENSITIVITY_AWARE)]
     if not aware.empty:
         row = aware.loc[aware["wer"].idxmin()]
         claim = "sensitivity-aware 40% near baseline"
         verdicts.append(Verdict(claim, f"{PAPER_DENSE:.2f} -> {PAPER[claim]:.2f}",
                                 f"{dense['wer']:.2f} -> {row['wer']:.2f} ({row['allocator']})", _interval(row),
                                 setting, judge_near(row), RULES["near"]))
+    # Not the paper's claim, stated beside it: how near any one-shot method of the table gets.
+    matched = at[at["allocator"] != "paper"]
+    if not matched.empty:
+        row = matched.loc[matched["wer"].idxmin()]
+        verdicts.append(Verdict(BEST_ANY, "not claimed", f"{dense['wer']:.2f} -> {row['wer']:.2f} ({row['allocator']})",
+                                _interval(row), setting, judge_near(row), RULES["near"]))
     return verdicts
 
 

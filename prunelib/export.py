@@ -36,6 +36,9 @@ def export_allocation(loaded: LoadedModel, allocator: str, target: float, out_di
     """
     if allocator not in alloc.ALLOCATORS:
         raise ValueError(f"unknown allocator {allocator!r}; known: {', '.join(alloc.ALLOCATORS)}")
+    if allocator in alloc.NEEDS_CURVES:
+        raise ValueError(f"{allocator} allocates from damage curves that notebook 04 measures; run notebook 04, "
+                         "which exports its best allocation")
     norms = wanda_scores = examples = None
     if allocator in alloc.NEEDS_CALIBRATION:
         if calibration is None or len(calibration) == 0:

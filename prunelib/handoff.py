@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from prunelib.allocation import SENSITIVITY_AWARE
 from prunelib.calibration import split_calibration, too_long
 from prunelib.corpora import Corpus, load_corpus
 from prunelib.models import LoadedModel
@@ -27,6 +28,7 @@ COMPONENT_SCORES = "02_sensitivity_components.csv"  # notebook 02: every score o
 STABILITY = "02_sensitivity_stability.csv"  # notebook 02: rank agreements
 ABLATION = "03_ablation.csv"  # notebook 03: every component sweep, all pipelines
 ABLATION_CLAIMS = "03_claims.csv"  # notebook 03: the component claims' intervals
+DAMAGE_CURVES = "04_damage_curves.csv"  # notebook 04: each group's WER change on calibration speakers
 ALLOCATION_RESULTS = "04_results.csv"  # notebook 04: every allocator at every target
 AT_TARGET = "04_at_40.csv"  # notebook 04: the allocators at the target nearest 40%
 ALLOCATIONS = "04_allocations.csv"  # notebook 04: sparsity per component at that target
@@ -244,7 +246,7 @@ def allocation_systems(summaries: Path, target: float) -> dict[str, str]:
     baseline = table[table["allocator"] == "global+embed"]
     if not baseline.empty:
         systems[f"global+embed {target:.0%}"] = baseline["spec"].iloc[0]
-    aware = table[table["allocator"].str.startswith("sensitivity")]
+    aware = table[table["allocator"].isin(SENSITIVITY_AWARE)]
     if not aware.empty:
         best = aware.loc[aware["wer"].idxmin()]
         systems[f"{best['allocator']} {target:.0%}"] = best["spec"]

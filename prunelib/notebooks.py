@@ -143,7 +143,7 @@ _TYPES = {
     "cross_domain_dataset": (str, type(None)), "cross_domain_limit": (int, type(None)), "stability_threshold": float,
     # 04_global_vs_sensitivity_aware
     "targets": list, "allocators": list, "seeds": list, "cap": float, "sensitivity_labels": str,
-    "owl_lambda": float, "owl_outlier": float,
+    "owl_lambda": float, "owl_outlier": float, "curve_sparsities": list,
 }
 _CHOICES = {"label_choices": LABELS, "allocators": ALLOCATORS}
 
@@ -160,7 +160,7 @@ def check_parameters(**parameters) -> None:
     for language in parameters.get("languages", []):
         if language != "auto" and not (isinstance(language, str) and language.isalpha()):
             raise ValueError(f"languages must be 'auto' or codes like 'en', got {language!r}")
-    for sparsity in parameters.get("sparsities", []):
+    for sparsity in [*parameters.get("sparsities", []), *parameters.get("curve_sparsities", [])]:
         if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
             raise ValueError(f"sparsities must lie in [0, 1), got {sparsity!r}")
     for target in parameters.get("targets", []):

@@ -206,23 +206,44 @@ def plot_allocator_curves(table: pd.DataFrame, path: str | Path, title: str = ""
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.axhspan(dense["wer_lo"], dense["wer_hi"], color="grey", alpha=0.2, label=f"dense {dense['wer']:.1f}")
     ax.axhline(dense["wer"], color="grey", lw=1)
-    for allocator, block in rows.groupby("allocator", sort=False):
-        block = block.sort_values("sparsity_linear")
+    colours = plt.get_cmap("tab20").colors  # ten defaults would repeat among eleven allocators
+    for index, (allocator, block) in enumerate(rows.groupby("allocator", sort=False)):
+        block, colour = block.sort_values("sparsity_linear"), colours[(2 * index) % 20 + (2 * index) // 20]
         if len(block) == 1:
             point = block.iloc[0]
             ax.errorbar(point["sparsity_linear"], point["wer"], yerr=[[point["wer"] - point["wer_lo"]],
-                        [point["wer_hi"] - point["wer"]]], fmt="*", ms=12, capsize=4, label=allocator)
+                        [point["wer_hi"] - point["wer"]]], fmt="*", ms=12, capsize=4, label=allocator, color=colour)
             continue
         x = [0.0, *block["sparsity_linear"]]
-        line, = ax.plot(x, [dense["wer"], *block["wer"]], marker="o", ms=4, label=allocator)
+        ax.plot(x, [dense["wer"], *block["wer"]], marker="o", ms=4, label=allocator, color=colour)
         ax.fill_between(x, [dense["wer_lo"], *block["wer_lo"]], [dense["wer_hi"], *block["wer_hi"]],
-                        color=line.get_color(), alpha=0.12)
+                        color=colour, alpha=0.12)
     ax.set_yscale("symlog", linthresh=20)
     ax.set_ylim(bottom=0)
     ax.set_xlabel("overall sparsity over the prunable linear weights (%)")
     ax.set_ylabel("WER (%), symlog above 20")
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(title or f"allocators at matched overall sparsity (n = {int(dense['n'])} utterances)")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_damage_curves(curves: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Each group's measured WER change against its sparsity (one panel per stack), as `empirical` reads them."""
+    stacks = list(dict.fromkeys(curves["component"].str.split(" ").str[0]))
+    fig, axes = plt.subplots(1, len(stacks), figsize=(5.5 * len(stacks), 4), sharey=True, squeeze=False)
+    for ax, stack in zip(axes[0], stacks, strict=True):
+        for label, block in curves[curves["component"].str.startswith(stack)].groupby("component", sort=False):
+            block = block.sort_values("sparsity")
+            ax.plot([0.0, *(100 * block["sparsity"])], [0.0, *block["damage"]], marker="o", ms=3,
+                    label=label[len(stack) + 1:])
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("sparsity of the group alone (%)")
+        ax.set_title(stack)
+        ax.legend(fontsize=7, frameon=False)
+    axes[0][0].set_ylabel("WER change on calibration utterances (points)")
+    axes[0][0].set_yscale("symlog", linthresh=10)
+    fig.suptitle(title or "measured damage of each group pruned alone", fontsize=10)
     fig.tight_layout()
     return save(fig, path)
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from prunelib import claims
+from prunelib.allocation import SENSITIVITY_AWARE
 from prunelib.corpora import Corpus
 from prunelib.models import LoadedModel
 from prunelib.sweep import best_allocator, target_miss
@@ -141,7 +142,7 @@ def allocations(table: pd.DataFrame, at_target: pd.DataFrame, crossings: pd.Data
         lines.append(f"- {name} at {target:.0%}: WER {row['wer']:.2f} ({row['delta_wer']:+.2f} points "
                      f"{claims.interval_text(row['delta_lo'], row['delta_hi'])}) -> collapse "
                      f"{claims.judge_collapse(row, dense['wer'])}; {row['sparsity_weights']:.1f}% of all weights zero.")
-    aware = pd.concat([rows[rows.index.str.startswith("sensitivity-")], paper])
+    aware = pd.concat([rows[rows.index.isin(SENSITIVITY_AWARE)], paper])
     for name, row in aware.iterrows():
         lines.append(f"- {name} at {row['sparsity_linear']:.1f}% of linear weights: WER {row['wer']:.2f} "
                      f"({row['delta_wer']:+.2f} points {claims.interval_text(row['delta_lo'], row['delta_hi'])}) "

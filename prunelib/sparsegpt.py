@@ -257,5 +257,7 @@ def sparsegpt(model: nn.Module, spec: str, examples: Sequence[Example], blocksiz
         for name, value in original.items():
             params[name].data.copy_(value)
         model.train(was_training)
+    for name in counts:  # selected but allotted no removal: kept whole, so that keep_scores covers the spec
+        masks.setdefault(name, torch.zeros_like(params[name], dtype=torch.bool))
     return SparseGPTResult(weights, masks, time.perf_counter() - started, len(examples),
                            kept_hessians if keep_hessians else None)

@@ -179,6 +179,22 @@ def run_ablations(loaded: LoadedModel, corpus: Corpus, groups: Mapping[str, str]
 # ---- notebook 04: allocators at matched sparsity ----------------------------------------------
 
 
+def damage_curves(loaded: LoadedModel, calibration: Corpus, groups: Mapping[str, str], sparsities: Sequence[float],
+                  decoding: Decoding, n_boot: int = 1000, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Each group pruned alone (by magnitude, per matrix) at each sparsity, on calibration utterances only.
+
+    One row per (group, sparsity): `selector`, `sparsity` and `damage`, the WER change against
+    dense, as `allocation.empirical` reads them, with the rest of the sweep's columns. Every
+    evaluation goes through the per-utterance cache.
+    """
+    grid = [(label, str(parse_prune_spec(f"{selector}:local={float(s)}")), float(s))
+            for label, selector in groups.items() for s in sparsities]
+    table = run_sweep(loaded, calibration, grid, decoding, n_boot=n_boot, seed=seed, progress=progress)
+    table = table[table["spec"] != "dense"].copy()
+    table.insert(1, "selector", table["component"].map(groups))
+    return table.rename(columns={"requested_sparsity": "sparsity"}).assign(damage=table["delta_wer"])
+
+
 @dataclass
 class AllocationRun:
     """Dense and every allocation on the same utterances: evaluations, results table, sparsity per component."""

@@ -8,6 +8,7 @@ from conftest import tiny_whisper_config
 from transformers import WhisperForConditionalGeneration
 
 from prunelib import allocation as alloc
+from prunelib.calibration import Example
 from prunelib.pruning import compute_masks, resolve
 
 SENSITIVE = "decoder.layers[1].ffn"
@@ -39,10 +40,20 @@ def scores(model) -> pd.DataFrame:
     return table
 
 
+@pytest.fixture(scope="module")
+def examples() -> list[Example]:
+    """Two random teacher-forced examples, for SparseGPT."""
+    generator = torch.Generator().manual_seed(2)
+    ids = [torch.randint(3, 64, (9,), generator=generator) for _ in range(2)]
+    return [Example(f"u{i}", torch.randn(80, 100, generator=generator), x, x) for i, x in enumerate(ids)]
+
+
 @pytest.mark.parametrize("name", alloc.MATCHED)
 @pytest.mark.parametrize("target", [0.2, 0.5])
-def test_every_matched_allocator_hits_the_target(model, norms, scores, name, target):
-    allocation = alloc.allocate(name, model, target, scores=scores, norms=norms, seed=0)
+def test_every_matched_allocator_hits_the_target(model, norms, scores, examples, name, target):
+    curves = _curves(model, lambda label, s: s * (2.0 if "ffn" in label else 1.0))
+    allocation = alloc.allocate(name, model, target, scores=scores, norms=norms, seed=0, examples=examples,
+                                curves=curves)
     report = alloc.reached_sparsity(model, allocation)
     assert abs(report.overall_linear - target) < 0.001  # 0.1 percentage point
     assert report.overall_weights < report.overall_linear or name == "global+embed"
@@ -152,3 +163,40 @@ def test_allocate_rejects_unknown_names_and_missing_inputs(model):
         alloc.allocate("wanda", model, 0.4)
     with pytest.raises(ValueError, match="fisher"):
         alloc.allocate("sensitivity-fisher", model, 0.4)
+
+
+def _curves(model, cost_of) -> pd.DataFrame:
+    """Made-up damage curves: every group's damage at 20/40/60/80 % from `cost_of(label, sparsity)`."""
+    return pd.DataFrame([{"component": label, "selector": selector, "sparsity": s, "damage": cost_of(label, s)}
+                         for label, selector in alloc.empirical_groups(model).items() for s in (0.2, 0.4, 0.6, 0.8)])
+
+
+@pytest.mark.parametrize("target", [0.1, 0.35, 0.6])
+def test_empirical_hits_the_target_and_spares_the_group_that_hurts(model, target):
+    curves = _curves(model, lambda label, s: (50.0 if label == "decoder ffn (late)" else 1.0) * s)
+    report = alloc.reached_sparsity(model, alloc.allocate("empirical", model, target, curves=curves, cap=0.7))
+    assert abs(report.overall_linear - target) < 0.001
+    sparsity = alloc.component_sparsity(report)  # the 3-layer model's late third is its last layer
+    fragile = sparsity.get("decoder.layers[2].ffn", 0.0)  # absent: never pruned
+    assert fragile < target and fragile <= sparsity.min()
+
+
+def test_empirical_sees_past_a_steep_first_step(model):
+    # One group costs 3 points at 20 % and almost nothing more up to 80 %; the others cost 10 points
+    # per unit of sparsity. Step by step the first 20 % looks dearest, but on the convex envelope
+    # (3.15 points for 80 %) it is the cheapest group by far, so it is pruned first, to the cap.
+    odd = "encoder ffn (early)"
+    steep = {0.2: 3.0, 0.4: 3.05, 0.6: 3.1, 0.8: 3.15}
+    curves = _curves(model, lambda label, s: steep[s] if label == odd else 10.0 * s)
+    sparsity = alloc.component_sparsity(alloc.reached_sparsity(model, alloc.empirical(model, 0.3, curves, cap=0.7)))
+    assert sparsity["encoder.layers[0].ffn"] == pytest.approx(0.7, abs=1e-3)  # step by step it would get 0
+
+
+def test_empirical_refuses_curves_that_miss_a_group_or_the_target(model):
+    curves = _curves(model, lambda label, s: s)
+    with pytest.raises(ValueError, match="cover no group"):
+        alloc.empirical(model, 0.3, curves[curves["component"] != "decoder ffn (late)"])
+    with pytest.raises(ValueError, match="beyond the measured curves"):
+        alloc.empirical(model, 0.5, curves[curves["sparsity"] <= 0.4])
+    with pytest.raises(ValueError, match="damage curves"):
+        alloc.allocate("empirical", model, 0.3)

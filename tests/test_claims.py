@@ -125,9 +125,31 @@ def test_notebook_04_reading_and_the_verdict_table_use_one_collapse_rule():
              "sparsity_linear": 40.0, "sparsity_weights": 20.0}]
     table = pd.DataFrame(rows)
     verdicts = {v.claim: v.verdict for v in claims.allocation_claims(table, "tiny")}
-    assert verdicts == {"global 40% collapses": "replicated", "sensitivity-aware 40% near baseline": "replicated"}
+    assert verdicts == {"global 40% collapses": "replicated", "sensitivity-aware 40% near baseline": "replicated",
+                        claims.BEST_ANY: "replicated"}
     at_target = pd.DataFrame([{"allocator": r["allocator"], "wer": r["wer"]} for r in rows[1:]])
     text = "\n".join(readings.allocations(table, at_target, claims.crossings(table), 0.4, "toy:test"))
     assert "global+embed at 40%: WER 7.00" in text and "-> collapse replicated" in text
     assert "sensitivity-fisher at 40.0% of linear weights" in text and "-> near baseline replicated" in text
     assert "Lowest WER at the 40% target among matched allocators: sensitivity-fisher (3.50)" in text
+
+
+def test_the_best_method_of_any_kind_is_judged_beside_the_sensitivity_aware_claim():
+    base = {"importance": "magnitude", "n": 40, "wer_lo": 0.0, "wer_hi": 0.0, "spec": "x"}
+    table = pd.DataFrame([{**base, "allocator": "dense", "target": 0.0, "wer": 10.0, "delta_wer": 0.0, "delta_lo": 0.0,
+                           "delta_hi": 0.0},
+                          {**base, "allocator": "sensitivity-fisher", "target": 0.4, "wer": 30.0, "delta_wer": 20.0,
+                           "delta_lo": 15.0, "delta_hi": 25.0},
+                          {**base, "allocator": "sparsegpt", "target": 0.4, "wer": 10.5, "delta_wer": 0.5,
+                           "delta_lo": -0.3, "delta_hi": 0.8},
+                          {**base, "allocator": "paper", "target": None, "wer": 9.0, "delta_wer": -1.0,
+                           "delta_lo": -2.0, "delta_hi": -0.1}])
+    verdicts = {v.claim: v for v in claims.allocation_claims(table, "tiny")}
+    assert verdicts["sensitivity-aware 40% near baseline"].verdict == "not replicated"
+    # the allocation from measured damage is sensitivity-aware too, and here the better one
+    empirical = {**base, "allocator": "empirical", "target": 0.4, "wer": 12.0, "delta_wer": 2.0, "delta_lo": 1.2,
+                 "delta_hi": 2.8}
+    aware = {v.claim: v for v in claims.allocation_claims(pd.concat([table, pd.DataFrame([empirical])]), "tiny")}
+    assert "(empirical)" in aware["sensitivity-aware 40% near baseline"].ours
+    best = verdicts[claims.BEST_ANY]
+    assert best.verdict == "replicated" and "(sparsegpt)" in best.ours and best.paper == "not claimed"

@@ -76,6 +76,7 @@ def test_cli_exports_a_magnitude_allocation(tiny_en, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--allocator", "sensitivity-fisher", "--target", "0.4"], "needs --scores"),
     (["--allocator", "magic", "--target", "0.4"], "unknown allocator 'magic'"),
+    (["--allocator", "empirical", "--target", "0.4"], "damage curves that notebook 04 measures"),
     (["--allocator", "global", "--target", "1.5"], "--target must lie in"),
 ])
 def test_cli_export_errors_are_named(tiny_en, tmp_path, capsys, args, message):
