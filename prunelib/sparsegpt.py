@@ -130,12 +130,21 @@ class _Stop(Exception):
 
 def _hessian_hooks(modules: Mapping[str, nn.Linear], hessians: dict[str, torch.Tensor],
                    tokens: dict[str, int]) -> list:
-    """Forward pre-hooks adding X X^T of each module's input (every token a column) to `hessians`."""
+    """Forward pre-hooks adding X X^T of each module's input (every token a column) to `hessians`.
+
+    q, k and v projections are called one after another on the same input tensor: its X X^T is
+    computed once and added to each of their Hessians.
+    """
+    last: list = [None, None]  # the input tensor seen last, and its X X^T
+
     def hook_for(name: str):
         def hook(module: nn.Module, inputs: tuple) -> None:
-            x = inputs[0].detach().reshape(-1, module.in_features).double()
-            hessians[name] += x.T @ x
-            tokens[name] += x.shape[0]
+            if inputs[0] is not last[0]:
+                x = inputs[0].detach().reshape(-1, module.in_features).double()
+                last[0], last[1] = inputs[0], (x.T @ x, x.shape[0])
+            product, count = last[1]
+            hessians[name] += product
+            tokens[name] += count
         return hook
     return [module.register_forward_pre_hook(hook_for(name)) for name, module in modules.items()]
 
