@@ -111,12 +111,15 @@ def calibration_split(summaries: Path, corpus: Corpus, n_speakers: int, seed: in
 
 
 def calibration_ids(summaries: Path) -> set[str]:
-    """Ids of the utterances notebook 02 calibrated on (none if it has not run), to keep them out of evaluations."""
+    """Ids of notebook 02's calibration pool (none if it has not run), to keep them out of evaluations.
+
+    The whole pool: utterances over 30 s give no gradients, but notebook 04's damage curves decode them.
+    """
     path = Path(summaries) / CALIBRATION
     if not path.exists():
         return set()
     split = pd.read_csv(path, dtype={"id": str})
-    return set(split.loc[split["used_for_calibration"], "id"])
+    return set(split.loc[split["role"] == "calibration", "id"])
 
 
 def evaluation_corpora(names: list[str], data_root: Path | None, summaries: Path,
@@ -219,12 +222,15 @@ def export_folder(profile: str, allocator: str, target: float) -> Path:
     return exports_dir(profile) / f"04_{slug}_{round(100 * target)}"
 
 
-def find_export(profile: str, target: float) -> tuple[str, Path] | None:
-    """(allocator, folder) of notebook 04's newest export at `target`, read from its marker; None if there is none."""
+def find_export(profile: str, target: float, model: str | None = None) -> tuple[str, Path] | None:
+    """(allocator, folder) of notebook 04's newest export at `target` (of `model`, if given), from its marker."""
     found = []
     for folder in exports_dir(profile).glob("04_*"):
-        marker = export_marker(folder)
-        if marker and "allocator" in marker and abs(float(marker.get("target", -1)) - target) < 1e-9:
+        marker = export_marker(folder) or {}
+        at = marker.get("target")
+        if "allocator" not in marker or at is None or abs(float(at) - target) > 1e-9:
+            continue
+        if model is None or marker.get("model") == model:
             found.append((folder.stat().st_mtime, marker["allocator"], folder))
     if not found:
         return None

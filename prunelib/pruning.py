@@ -354,7 +354,10 @@ def pruned(model: nn.Module, spec: PruneSpec | str, importance: Mapping[str, tor
         if tuple(value.shape) != tuple(params[name].shape):
             raise ValueError(f"replacement for {name!r} has shape {tuple(value.shape)}, "
                              f"expected {tuple(params[name].shape)}")
-    masks = compute_masks(model, spec, importance)
+    selected = {name for _, names in resolve(spec, model) for name in names}
+    unselected = sorted(set(weights or {}) - selected)
+    if unselected:  # the spec names what a prune touches (cache keys, encoder reuse): weights may not go beyond it
+        raise ValueError(f"replacement weights for tensors the spec {str(spec)!r} does not select: {unselected[:3]}")
     replaced: dict[str, torch.Tensor] = {}
     saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     try:
@@ -362,6 +365,7 @@ def pruned(model: nn.Module, spec: PruneSpec | str, importance: Mapping[str, tor
             for name, value in (weights or {}).items():
                 replaced[name] = params[name].detach().clone()  # a whole copy: every value may change
                 params[name].data.copy_(value)
+            masks = compute_masks(model, spec, importance)  # of the weights in place: magnitude sees the new ones
             for name in list(masks):
                 drop = ~masks.pop(name)
                 # Only the zeroed values are kept, so the undo costs a bool mask plus k values.

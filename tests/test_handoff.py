@@ -57,6 +57,14 @@ def test_calibration_split_is_read_when_it_splits_this_corpus(librivox, tmp_path
     assert handoff.calibration_ids(tmp_path) == {ids[0], ids[2]}
 
 
+def test_calibration_ids_hold_the_whole_pool_even_what_gradients_skip(librivox, tmp_path):
+    ids = [u.id for u in librivox.utterances]
+    table = pd.DataFrame({"id": ids, "speaker": None, "role": ["calibration"] * 2 + ["evaluation"] * 3,
+                          "used_for_calibration": [True, False, False, False, False]})  # ids[1]: over 30 s, say
+    handoff.write_summary(tmp_path, handoff.CALIBRATION, table.assign(dataset=librivox.name, seed=0))
+    assert handoff.calibration_ids(tmp_path) == {ids[0], ids[1]}
+
+
 def test_calibration_split_of_other_utterances_is_drawn_anew(librivox, tmp_path):
     fewer = librivox.subset([u.id for u in librivox.utterances][:3])
     _split_file(tmp_path, fewer, ["calibration", "evaluation", "evaluation"])
@@ -69,8 +77,12 @@ def test_exports_are_found_by_their_marker_not_their_name(tiny_whisper, tmp_path
     folder = handoff.export_folder("p", "random (seed 1)", 0.4)
     assert folder.name == "04_random_seed_1_40"
     assert handoff.find_export("p", 0.4) is None
-    export_pruned(tiny_whisper, None, folder, about={"allocator": "random (seed 1)", "target": 0.4})
-    export_pruned(tiny_whisper, None, tmp_path / "p" / "04_other_20", about={"allocator": "uniform", "target": 0.2})
+    export_pruned(tiny_whisper, None, folder, about={"allocator": "random (seed 1)", "target": 0.4, "model": "m"})
+    export_pruned(tiny_whisper, None, tmp_path / "p" / "04_other_20",
+                  about={"allocator": "uniform", "target": 0.2, "model": "m"})
+    export_pruned(tiny_whisper, None, tmp_path / "p" / "04_paper", about={"allocator": "paper", "target": None})
     (tmp_path / "p" / "04_stray_40").mkdir()  # no marker: not an export, whatever its name says
     assert handoff.find_export("p", 0.4) == ("random (seed 1)", folder)
     assert handoff.find_export("p", 0.2)[0] == "uniform"
+    assert handoff.find_export("p", 0.4, model="m") == ("random (seed 1)", folder)
+    assert handoff.find_export("p", 0.4, model="another model") is None  # another model's export is not this one's

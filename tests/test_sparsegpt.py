@@ -133,3 +133,18 @@ def test_sparsegpt_needs_examples_and_refuses_the_embedding(model, examples):
         alloc.allocate("sparsegpt", model, 0.4)
     with pytest.raises(ValueError, match="linear layer weights only"):
         sgpt.sparsegpt(model, "global+embed=0.4", examples, progress=False)
+
+
+def test_replacement_weights_must_lie_inside_the_spec(model):
+    params = dict(model.named_parameters())
+    encoder_fc1 = "model.encoder.layers.0.fc1.weight"
+    with pytest.raises(ValueError, match="does not select"):
+        with pruned(model, "decoder.ffn=0.4", weights={encoder_fc1: torch.zeros_like(params[encoder_fc1])}):
+            pass
+    before = params[encoder_fc1].detach().clone()
+    reversed_order = 1.0 / (before.abs() + 1e-3)  # the smallest weights now the largest
+    with pruned(model, "encoder.layers[0].ffn:local=0.5", weights={encoder_fc1: reversed_order}):
+        kept = params[encoder_fc1] != 0  # magnitude masks are taken from the replacement, not the original
+        assert int((~kept).sum()) == round(0.5 * before.numel())
+        assert reversed_order[kept].min() >= reversed_order[~kept].max()
+    assert torch.equal(params[encoder_fc1], before)
