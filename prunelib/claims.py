@@ -189,9 +189,14 @@ def crossing(block: pd.DataFrame, level: float) -> float | None:
 CROSSING_LEVELS = (1.0, 5.0)  # WER points above dense
 
 
+def matched_rows(results_04: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 04's rows of allocators that hit a target: neither dense nor the paper's fixed table."""
+    return results_04[results_04["target"].notna() & (results_04["allocator"] != "dense")]
+
+
 def crossings(results_04: pd.DataFrame) -> pd.DataFrame:
     """Per matched allocator: the sparsity where its WER change first reaches +1 and +5 points."""
-    matched = results_04[results_04["target"].notna() & (results_04["allocator"] != "dense")]
+    matched = matched_rows(results_04)
     rows = []
     for name, block in matched.groupby("allocator", sort=False):
         block = block.sort_values("sparsity_linear")

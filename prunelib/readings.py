@@ -150,7 +150,7 @@ def allocations(table: pd.DataFrame, at_target: pd.DataFrame, crossings: pd.Data
     best = best_allocator(at_target)
     lines.append(f"- Lowest WER at the {target:.0%} target among matched allocators: {best} "
                  f"({rows.loc[best, 'wer']:.2f}).")
-    first_point = table[table["target"].notna() & (table["allocator"] != "dense")]["sparsity_linear"].min()
+    first_point = claims.matched_rows(table)["sparsity_linear"].min()
     lines.append("- Sparsity (over linear weights) where the WER change first reaches +1 / +5 points "
                  "(linear interpolation):")
     lines += [f"    {entry['allocator']:22s} +1: {_crossing_text(entry['+1 point at'], first_point)}   "

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from prunelib import handoff, results
 from prunelib.allocation import Allocation, component_sparsity, reached_sparsity
 from prunelib.analysis import single_utterance_share
-from prunelib.claims import interval_text
+from prunelib.claims import interval_text, matched_rows
 from prunelib.components import layer_thirds, layers_selector, num_layers
 from prunelib.corpora import Corpus
 from prunelib.evaluate import Evaluation, evaluate
@@ -238,7 +238,7 @@ def run_allocations(loaded: LoadedModel, corpus: Corpus, plan: Sequence[Allocati
 
 def target_miss(table: pd.DataFrame) -> float:
     """The largest distance (percentage points of linear weights) of a matched allocation from its target."""
-    matched = table[table["target"].notna() & (table["allocator"] != "dense")]
+    matched = matched_rows(table)
     return float((matched["sparsity_linear"] - 100 * matched["target"]).abs().max())
 
 
