@@ -6,7 +6,10 @@ STAMP  := $(VENV)/.installed
 # The shared offline speech data sits beside the repository; $PRUNELIB_DATA overrides it.
 export PRUNELIB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install lint test unit nbval reproduce smoke clean-results
+# whisper-base saved as a plain folder: the smoke-base profile loads it as a user's own model folder.
+BASE_FOLDER := build/whisper-base
+
+.PHONY: install lint test unit nbval smoke-base reproduce smoke clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,19 +26,29 @@ lint: install
 unit: install
 	$(PY) -m pytest -q tests
 
-nbval: install
+$(BASE_FOLDER)/config.json: $(STAMP)
+	$(PY) -m prunelib -q save --model openai/whisper-base --out $(BASE_FOLDER)
+
+# The second size notebook 07 compares at smoke scale (its notebook 03 only, about a minute).
+smoke-base: install $(BASE_FOLDER)/config.json
+	$(PY) -m prunelib notebooks --profile smoke-base --only 03
+
+nbval: install smoke-base
 	$(PY) -m pytest -q --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg notebooks
 
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
+	$(MAKE) smoke-base
 	$(PY) -m pytest -q --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg notebooks
 
 smoke: install
 	$(PY) -m prunelib notebooks --profile smoke
 
 reproduce: install
+	# The second model size first: notebook 07 of the default profile sets it beside whisper-base.
+	$(PY) -m prunelib notebooks --profile default-tiny --only 01 02 03 04 05 06
 	$(PY) -m prunelib notebooks --profile default
 
 clean-results:
-	rm -rf executed results/cache results/smoke
+	rm -rf executed results/cache results/smoke results/smoke-base

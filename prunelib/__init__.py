@@ -13,6 +13,7 @@ from prunelib import (
     readings,
     reliability,
     sensitivity,
+    sizes,
     sweep,
 )
 from prunelib.analysis import largest_differences, single_utterance_share, utterance_wer
@@ -67,6 +68,7 @@ __all__ = [
     "sensitivity",
     "set_seed",
     "single_utterance_share",
+    "sizes",
     "sparsity_report",
     "sweep",
     "transcribe",

@@ -1,4 +1,4 @@
-"""Command line: `python -m prunelib eval|notebooks|sensitivity|export ...`."""
+"""Command line: `python -m prunelib eval|notebooks|sensitivity|export|save ...`."""
 from __future__ import annotations
 
 import argparse
@@ -105,6 +105,16 @@ def _export(args: argparse.Namespace) -> dict:
             "seconds": round(time.perf_counter() - started, 2)}
 
 
+def _save(args: argparse.Namespace) -> dict:
+    """Save a model as it loads (hub, hub cache or offline copy) as a plain Hugging Face folder."""
+    from prunelib.models import load_model
+    from prunelib.pruning import export_pruned
+
+    loaded = load_model(args.model)
+    out = export_pruned(loaded.model, loaded.processor, args.out, about={"model": loaded.name, "source": loaded.source})
+    return {"model": args.model, "source": loaded.source, "out": str(out), "fingerprint": loaded.fingerprint}
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1 (so --limit -1 cannot quietly mean 'all but one')."""
     try:
@@ -176,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--data-root", default=None, help="folder holding corpora (default: $PRUNELIB_DATA)")
     ex.set_defaults(run=_export)
+
+    sv = sub.add_parser("save", help="save a model, dense, as a local folder that `--model PATH` and profiles load")
+    sv.add_argument("--model", required=True, help="hub id (openai/whisper-base: the offline copy works) or folder")
+    sv.add_argument("--out", required=True, help="new or empty folder (or an earlier prunelib export) to save into")
+    sv.set_defaults(run=_save)
     return parser
 
 

@@ -39,6 +39,7 @@ class Verdict:
     """One claim's row: what the paper says, what we measured, and the verdict by its rule."""
 
     claim: str
+    model: str  # the model the verdict is about: notebook 07 judges each claim per model size
     paper: str
     ours: str
     interval: str
@@ -48,7 +49,9 @@ class Verdict:
 
 
 def interval_text(low: float, high: float) -> str:
-    """A paired interval of a WER change as text: ``[-1.20, +0.35]``."""
+    """A paired interval of a WER change as text: ``[-1.20, +0.35]`` (none from a single utterance)."""
+    if pd.isna(low) or pd.isna(high):
+        return "[no interval]"
     return f"[{low:+.2f}, {high:+.2f}]"
 
 
@@ -127,7 +130,7 @@ def ablation_claims(ablation: pd.DataFrame, model: str) -> list[Verdict]:
     verdicts = []
     for language, table in ablation.groupby("language", sort=False):
         dense = table[table["spec"] == "dense"].iloc[0]
-        setting = f"{model}, pipeline '{language}', n = {int(dense['n'])}"
+        setting = f"pipeline '{language}', n = {int(dense['n'])}"
         checks = [("decoder FFN fragile", "decoder FFN", "worse"),
                   ("decoder self-attn 50% improves", "decoder self-attn", "improves"),
                   ("last 4 encoder layers 50% improves", "encoder last 4 layers", "improves")]
@@ -142,7 +145,7 @@ def ablation_claims(ablation: pd.DataFrame, model: str) -> list[Verdict]:
             else:
                 verdict = judge_improves(row, dense["wer"], PAPER[claim])
                 paper = f"{PAPER_DENSE:.2f} -> {PAPER[claim]:.2f}"
-            verdicts.append(Verdict(claim, paper, ours, _interval(row), setting, verdict, RULES[kind]))
+            verdicts.append(Verdict(claim, model, paper, ours, _interval(row), setting, verdict, RULES[kind]))
     return verdicts
 
 
@@ -209,26 +212,28 @@ def allocation_claims(results_04: pd.DataFrame, model: str, target: float = 0.4)
     """Global magnitude at 40% collapses; the best sensitivity-aware allocation stays near dense."""
     at = results_04[(results_04["target"] - target).abs() < 1e-9]
     dense = results_04[results_04["allocator"] == "dense"].iloc[0]
-    setting = f"{model}, pipeline 'en', n = {int(dense['n'])} held-out utterances"
+    setting = f"pipeline 'en', n = {int(dense['n'])} held-out utterances"
     verdicts = []
     global_rows = at[at["allocator"] == "global+embed"]
     if not global_rows.empty:
         row = global_rows.iloc[0]
-        verdicts.append(Verdict("global 40% collapses", f"{PAPER_DENSE:.2f} -> {PAPER['global 40% collapses']:.2f}",
+        verdicts.append(Verdict("global 40% collapses", model,
+                                f"{PAPER_DENSE:.2f} -> {PAPER['global 40% collapses']:.2f}",
                                 f"{dense['wer']:.2f} -> {row['wer']:.2f}", _interval(row), setting,
                                 judge_collapse(row, dense["wer"]), RULES["collapses"]))
     aware = at[at["allocator"].isin(SENSITIVITY_AWARE)]
     if not aware.empty:
         row = aware.loc[aware["wer"].idxmin()]
         claim = "sensitivity-aware 40% near baseline"
-        verdicts.append(Verdict(claim, f"{PAPER_DENSE:.2f} -> {PAPER[claim]:.2f}",
+        verdicts.append(Verdict(claim, model, f"{PAPER_DENSE:.2f} -> {PAPER[claim]:.2f}",
                                 f"{dense['wer']:.2f} -> {row['wer']:.2f} ({row['allocator']})", _interval(row),
                                 setting, judge_near(row), RULES["near"]))
     # Not the paper's claim, stated beside it: how near any one-shot method of the table gets.
     matched = at[at["allocator"] != "paper"]
     if not matched.empty:
         row = matched.loc[matched["wer"].idxmin()]
-        verdicts.append(Verdict(BEST_ANY, "not claimed", f"{dense['wer']:.2f} -> {row['wer']:.2f} ({row['allocator']})",
+        verdicts.append(Verdict(BEST_ANY, model, "not claimed",
+                                f"{dense['wer']:.2f} -> {row['wer']:.2f} ({row['allocator']})",
                                 _interval(row), setting, judge_near(row), RULES["near"]))
     return verdicts
 
@@ -251,8 +256,8 @@ def cross_dataset_claim(cross: pd.DataFrame, model: str, system: str = "decoder 
                 + f" (on {first['dataset']}: {first['delta_wer']:+.2f})")
         intervals = "; ".join(f"[{r.delta_lo:+.2f}, {r.delta_hi:+.2f}]" for r in others.itertuples())
         sizes = "; ".join(str(int(n)) for n in others["n"])
-        verdicts.append(Verdict(f"gains persist across corpora ({system})", "TED-LIUM -0.64, Common Voice -2.54",
-                                ours, intervals, f"{model}, pipeline '{language}', n = {sizes}", verdict,
+        verdicts.append(Verdict(f"gains persist across corpora ({system})", model, "TED-LIUM -0.64, Common Voice -2.54",
+                                ours, intervals, f"pipeline '{language}', n = {sizes}", verdict,
                                 RULES["persists"]))
     return verdicts
 

@@ -35,6 +35,8 @@ ALLOCATIONS = "04_allocations.csv"  # notebook 04: sparsity per component at tha
 CROSSINGS = "04_crossings.csv"  # notebook 04: where each allocator's WER change reaches +1 and +5
 CROSS_DATASET = "05_cross_dataset.csv"  # notebook 05: the systems on every corpus
 CLAIMS = "06_claims.csv"  # notebook 06: the verdict table
+SIZES = "07_model_sizes.csv"  # notebook 07: the headline effects per model size
+SIZE_CLAIMS = "07_claims_by_size.csv"  # notebook 07: notebook 06's verdicts for every size
 
 
 def ablation_file(language: str) -> str:

@@ -50,6 +50,10 @@ def parameters_for(notebook: Path, profile: str, profile_data: dict) -> dict:
     declared = papermill.inspect_notebook(str(notebook))
     wanted = {**(profile_data.get("shared") or {}), **((profile_data.get("notebooks") or {}).get(notebook.stem) or {})}
     wanted["profile"] = profile
+    model = wanted.get("model")
+    if isinstance(model, str) and model.startswith(("./", "../")):
+        # A profile's folders are relative to the repository (as data_root is), not to notebooks/ where kernels run.
+        wanted["model"] = str((project_root() / model).resolve())
     return {name: value for name, value in wanted.items() if name in declared}
 
 
@@ -144,6 +148,8 @@ _TYPES = {
     # 04_global_vs_sensitivity_aware
     "targets": list, "allocators": list, "seeds": list, "cap": float, "sensitivity_labels": str,
     "owl_lambda": float, "owl_outlier": float, "curve_sparsities": list,
+    # 07_model_sizes
+    "profiles": list, "sparsity": float, "target": float,
 }
 _CHOICES = {"label_choices": LABELS, "allocators": ALLOCATORS}
 
@@ -160,16 +166,19 @@ def check_parameters(**parameters) -> None:
     for language in parameters.get("languages", []):
         if language != "auto" and not (isinstance(language, str) and language.isalpha()):
             raise ValueError(f"languages must be 'auto' or codes like 'en', got {language!r}")
-    for sparsity in [*parameters.get("sparsities", []), *parameters.get("curve_sparsities", [])]:
+    single = [parameters[name] for name in ("sparsity",) if name in parameters]
+    for sparsity in [*parameters.get("sparsities", []), *parameters.get("curve_sparsities", []), *single]:
         if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
             raise ValueError(f"sparsities must lie in [0, 1), got {sparsity!r}")
-    for target in parameters.get("targets", []):
+    for target in [*parameters.get("targets", []), *([parameters["target"]] if "target" in parameters else [])]:
         if not isinstance(target, (int, float)) or not 0 < target < 1:
             raise ValueError(f"targets must lie in (0, 1), got {target!r}")
     for name, known in _CHOICES.items():
         unknown = set(parameters.get(name, [])) - set(known)
         if unknown:
             raise ValueError(f"{name} must come from {known}, got {sorted(unknown)}")
+    for profile in parameters.get("profiles", []):
+        load_profile(profile)  # names the known profiles when one is unknown
     if parameters.get("limit") is not None and parameters["limit"] < 1:
         raise ValueError(f"limit must be positive or None, got {parameters['limit']}")
 

@@ -305,3 +305,40 @@ def plot_cross_dataset(table: pd.DataFrame, path: str | Path) -> Path:
     fig.suptitle("do the effects of pruning carry to other speech? (paired 95% intervals)")
     fig.tight_layout()
     return save(fig, path)
+
+
+def plot_size_trend(table: pd.DataFrame, paper_model: str, path: str | Path, title: str = "") -> Path:
+    """Each headline effect's paired WER change per model size, the paper's whisper-small number as a star.
+
+    `table` is `sizes.size_table`'s: models in the order given (smallest first); rows not measured
+    leave a gap. The paper's point is drawn only where the paper states a number at that level.
+    """
+    effects = list(dict.fromkeys(table["effect"]))
+    models = list(dict.fromkeys(table["model"]))
+    if paper_model not in models:
+        models.append(paper_model)
+    fig, axes = plt.subplots(1, len(effects), figsize=(2.6 * len(effects) + 1, 4.2), sharey=True, squeeze=False)
+    for ax, effect in zip(axes[0], effects, strict=True):
+        rows = table[(table["effect"] == effect) & (table["status"] == "measured")]
+        x = [models.index(m) for m in rows["model"]]
+        yerr = [(rows["delta_wer"] - rows["delta_lo"]).clip(lower=0),
+                (rows["delta_hi"] - rows["delta_wer"]).clip(lower=0)]
+        ax.errorbar(x, rows["delta_wer"], yerr=yerr, fmt="o-", capsize=4, color="#4c72b0", label="ours (95% interval)")
+        for xi, row in zip(x, rows.itertuples(), strict=True):
+            if row.kind == "allocation":  # which allocator was best differs between sizes
+                ax.annotate(row.method, (xi, row.delta_wer), xytext=(4, 4), textcoords="offset points", fontsize=7)
+        paper = table.loc[table["effect"] == effect, "paper_change"].dropna()
+        if len(paper):
+            ax.plot([models.index(paper_model)], [paper.iloc[0]], marker="*", ms=14, ls="none", color="#c44e52",
+                    label="paper (whisper-small)")
+        ax.axhline(0, color="grey", lw=1)
+        ax.set_yscale("symlog", linthresh=5)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:+g}" if value else "0"))
+        ax.set_xticks(range(len(models)), [m.rsplit("/", 1)[-1] for m in models], rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.5, len(models) - 0.5)
+        ax.set_title(effect, fontsize=9)
+    axes[0][0].set_ylabel("WER change vs the same size's dense model\n(points, symlog above 5)")
+    axes[0][-1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.suptitle(title or "do the paper's effects move with model size? (paired 95% intervals)", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)

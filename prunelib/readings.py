@@ -15,7 +15,11 @@ from prunelib.sweep import best_allocator, target_miss
 def model_line(loaded: LoadedModel) -> str:
     """Size, language coverage and source of a loaded model."""
     size = sum(p.numel() for p in loaded.model.parameters()) / 1e6
-    return f"{loaded.name}: {size:.1f} M parameters, multilingual={loaded.is_multilingual}, loaded from {loaded.source}"
+    line = f"{loaded.name}: {size:.1f} M parameters, multilingual={loaded.is_multilingual}, loaded from {loaded.source}"
+    if not loaded.is_multilingual:
+        line += ("\nEnglish-only: it has no language or task tokens, so the paper's 'auto' pipeline decodes exactly "
+                 "as 'en' does (profiles run 'en' alone for it)")
+    return line
 
 
 # ---- 01 ------------------------------------------------------------------------------------
@@ -180,4 +184,38 @@ def verdicts(table: pd.DataFrame, model: str) -> list[str]:
     lines = [f"{len(table)} verdicts on {model}: " + ", ".join(f"{n} {v}" for v, n in counts.items())]
     lines += [f"- {row.claim} ({row.setting}): paper {row.paper}; here {row.ours}, interval {row.interval} "
               f"-> {row.verdict}" for row in table.itertuples()]
+    return lines
+
+
+# ---- 07 ------------------------------------------------------------------------------------
+
+
+def sizes(table: pd.DataFrame) -> list[str]:
+    """Notebook 07: per effect, its change from the smallest to the largest size measured, against the paper's."""
+    lines = []
+    for effect, rows in table.groupby("effect", sort=False):
+        measured = rows[rows["status"] == "measured"]
+        paper = rows["paper_change"].dropna()
+        paper_text = f"the paper's whisper-small: {paper.iloc[0]:+.2f}" if len(paper) else "the paper gives no number at this level"
+        points = "; ".join(f"{r.model} {r.delta_wer:+.2f} {claims.interval_text(r.delta_lo, r.delta_hi)}"
+                           + (f" ({r.method})" if r.kind == "allocation" else "") for r in measured.itertuples())
+        if len(measured) < 2:
+            lines.append(f"- {effect}: {points or 'not measured yet'} ({paper_text}); a trend needs two sizes.")
+            continue
+        first, last = measured.iloc[0], measured.iloc[-1]
+        if len(paper):
+            closer = abs(last["delta_wer"] - paper.iloc[0]) < abs(first["delta_wer"] - paper.iloc[0])
+            direction = "moves towards" if closer else "does not move towards"
+            trend = f"from {first['model']} to {last['model']} it {direction} the paper's number"
+        else:
+            size_first, size_last = abs(first["delta_wer"]), abs(last["delta_wer"])
+            change = "grows" if size_last > size_first else "shrinks" if size_last < size_first else "stays the same"
+            trend = f"from {first['model']} to {last['model']} it {change}"
+        if pd.isna([first["delta_lo"], last["delta_lo"]]).any():
+            trend += ", but one of them has no interval: at this n the sizes cannot be told apart"
+        elif first["delta_lo"] <= last["delta_hi"] and last["delta_lo"] <= first["delta_hi"]:
+            trend += ", but the two intervals overlap: at this n the sizes do not differ measurably"
+        else:
+            trend += ", and the two intervals do not overlap"
+        lines.append(f"- {effect}: {points} ({paper_text}); {trend}.")
     return lines

@@ -81,7 +81,7 @@ def test_gains_persist_across_corpora(others, expected):
     verdicts = claims.cross_dataset_claim(pd.DataFrame(rows), "tiny", system)
     assert [v.verdict for v in verdicts] == [expected]
     assert verdicts[0].ours.endswith("(on librispeech: -1.00)")  # the source corpus is shown, not judged
-    assert verdicts[0].setting == "tiny, pipeline 'en', n = 100; 100"
+    assert (verdicts[0].model, verdicts[0].setting) == ("tiny", "pipeline 'en', n = 100; 100")
 
 
 def _allocation_rows(points: list[tuple[float, float]], name: str = "global") -> list[dict]:

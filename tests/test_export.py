@@ -83,3 +83,23 @@ def test_cli_export_errors_are_named(tiny_en, tmp_path, capsys, args, message):
     assert main(["export", "--model", "openai/whisper-tiny.en", "--out", str(tmp_path / "x"), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_save_writes_a_folder_that_loads_to_the_same_weights(tiny_en, tmp_path, capsys):
+    from prunelib.models import load_model
+
+    out = tmp_path / "tiny-folder"
+    assert main(["save", "--model", "openai/whisper-tiny.en", "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    reloaded = load_model(str(out))
+    assert reloaded.source.startswith("local folder")
+    assert reloaded.fingerprint == result["fingerprint"] == tiny_en.fingerprint
+
+
+def test_cli_save_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep me")
+    assert main(["save", "--model", "openai/whisper-tiny.en", "--out", str(theirs)]) == 2
+    assert "is not an earlier prunelib export" in capsys.readouterr().err
+    assert (theirs / "notes.txt").read_text() == "keep me"

@@ -38,10 +38,18 @@ def test_unmet_profile_requirements_fail_at_once_naming_the_downloads(monkeypatc
 
 
 def test_unknown_profile_names_the_known_ones():
-    with pytest.raises(ValueError, match="known: default, paper, smoke"):
+    with pytest.raises(ValueError, match="known: default, default-tiny, paper, smoke, smoke-base"):
         notebooks.load_profile("nosuch")
 
 
 @pytest.mark.parametrize("seconds, text", [(6632.4, "1 h 50 min 32 s"), (3600, "1 h"), (59.6, "1 min"), (0.2, "0 s")])
 def test_durations_read_as_the_readme_quotes_them(seconds, text):
     assert notebooks._duration(seconds) == text
+
+
+def test_a_profile_model_folder_is_relative_to_the_repository(tmp_path):
+    notebook = notebooks.notebook_paths(["01"])[0]
+    local = notebooks.parameters_for(notebook, "p", {"shared": {"model": "./build/whisper-base"}})
+    assert local["model"] == str(notebooks.project_root() / "build" / "whisper-base")
+    hub_id = notebooks.parameters_for(notebook, "p", {"shared": {"model": "openai/whisper-base"}})
+    assert hub_id["model"] == "openai/whisper-base"  # hub ids are left alone

@@ -1,0 +1,83 @@
+"""Notebook 07's cross-size table: exact levels only, missing sizes named, the paper's numbers only at its levels."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from prunelib import handoff, plots, readings, sizes
+
+
+def _ablation(changes: dict[tuple[str, float], tuple[float, float, float]], language: str = "en") -> pd.DataFrame:
+    rows = [{"component": "dense", "spec": "dense", "requested_sparsity": 0.0, "language": language, "n": 50,
+             "wer": 10.0, "delta_wer": 0.0, "delta_lo": 0.0, "delta_hi": 0.0}]
+    rows += [{"component": group, "spec": f"{group}={level}", "requested_sparsity": level, "language": language,
+              "n": 50, "wer": 10.0 + d, "delta_wer": d, "delta_lo": lo, "delta_hi": hi}
+             for (group, level), (d, lo, hi) in changes.items()]
+    return pd.DataFrame(rows)
+
+
+def _allocations(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
+    table = [{"allocator": "dense", "target": 0.0, "spec": "dense", "n": 40, "wer": 10.0, "delta_wer": 0.0,
+              "delta_lo": 0.0, "delta_hi": 0.0},
+             # the paper's fixed table has no target and is never the best *matched* allocation
+             {"allocator": "paper", "target": None, "spec": "p", "n": 40, "wer": 9.0, "delta_wer": -1.0,
+              "delta_lo": -2.0, "delta_hi": 0.0}]
+    table += [{"allocator": name, "target": target, "spec": name, "n": 40, "wer": 10.0 + d, "delta_wer": d,
+               "delta_lo": d - 1, "delta_hi": d + 1} for name, target, d in rows]
+    return pd.DataFrame(table)
+
+
+@pytest.fixture
+def two_sizes(tmp_path, monkeypatch):
+    monkeypatch.setattr(sizes, "project_root", lambda: tmp_path)
+    monkeypatch.setattr(sizes, "profile_model", lambda profile: {"small": "m/tiny", "big": "m/base"}[profile])
+    for profile in ("small", "big"):
+        (tmp_path / "results" / profile / "summary").mkdir(parents=True)
+    small = tmp_path / "results" / "small" / "summary"
+    handoff.write_summary(small, handoff.ABLATION, _ablation({
+        ("decoder self-attn", 0.5): (4.0, 2.0, 6.0), ("decoder self-attn", 0.3): (1.0, 0.0, 2.0),
+        ("decoder FFN", 0.5): (3.0, 1.0, 5.0), ("encoder last 4 layers", 0.3): (9.0, 8.0, 10.0)}))
+    handoff.write_summary(small, handoff.ALLOCATION_RESULTS, _allocations([("wanda", 0.4, 5.0), ("owl", 0.4, 3.0),
+                                                                          ("owl", 0.5, -9.0)]))
+    handoff.write_summary(tmp_path / "results" / "big" / "summary", handoff.ABLATION, _ablation({
+        ("decoder self-attn", 0.5): (-1.0, -3.0, 1.0), ("decoder FFN", 0.5): (20.0, 15.0, 25.0)}))
+    return ["small", "big"]
+
+
+def test_effects_are_read_at_their_exact_level_and_gaps_are_named(two_sizes):
+    table = sizes.size_table(two_sizes).set_index(["profile", "effect"])
+    assert table.loc[("small", "decoder self-attn 50%"), "delta_wer"] == 4.0  # not the 30% row
+    # 30% exists for the literal group, 50% does not: nothing is borrowed from another level
+    assert table.loc[("small", "encoder last 4 layers (literal) 50%"), "status"].startswith("not in 03_ablation.csv")
+    assert table.loc[("small", "best matched allocation 40%"), ["method", "delta_wer"]].tolist() == ["owl", 3.0]
+    assert table.loc[("big", "best matched allocation 40%"), "status"].startswith("not run: no results/big/summary")
+    assert table.loc[("big", "decoder FFN 50%"), "here"] == "higher WER (interval above 0)"
+
+
+def test_the_paper_change_is_given_only_at_the_papers_levels(two_sizes):
+    at_paper = sizes.size_table(two_sizes).set_index(["profile", "effect"])
+    assert at_paper.loc[("small", "decoder self-attn 50%"), "paper_change"] == pytest.approx(9.26 - 11.64)
+    assert at_paper.loc[("small", "best matched allocation 40%"), "paper_change"] == pytest.approx(11.84 - 11.64)
+    assert pd.isna(at_paper.loc[("small", "decoder FFN 50%"), "paper_change"])  # fragile, without a number
+    elsewhere = sizes.size_table(two_sizes, sparsity=0.3, target=0.5).set_index(["profile", "effect"])
+    assert elsewhere.loc[("small", "decoder self-attn 30%"), "delta_wer"] == 1.0
+    assert elsewhere["paper_change"].isna().all()
+    assert elsewhere.loc[("small", "best matched allocation 50%"), "delta_wer"] == -9.0
+
+
+def test_the_reading_says_which_way_each_effect_moves_and_whether_the_sizes_differ(two_sizes, tmp_path):
+    table = sizes.size_table(two_sizes)
+    lines = {line.split(":")[0][2:]: line for line in readings.sizes(table)}
+    # +4 [2, 6] on tiny to -1 [-3, 1] on base: towards the paper's -2.38, and the intervals are apart
+    assert "moves towards the paper's number, and the two intervals do not overlap" in lines["decoder self-attn 50%"]
+    assert "grows" in lines["decoder FFN 50%"] and "the paper gives no number" in lines["decoder FFN 50%"]
+    assert "a trend needs two sizes" in lines["best matched allocation 40%"]
+    assert "not measured yet" in lines["encoder late third (size-relative) 50%"]
+    figure = plots.plot_size_trend(table, sizes.PAPER_MODEL, tmp_path / "trend.png")
+    assert figure.stat().st_size > 0
+
+
+def test_a_claims_table_per_size_carries_the_model(two_sizes):
+    verdicts = sizes.size_claims(two_sizes)
+    assert set(verdicts["model"]) == {"m/tiny", "m/base"}
+    assert (verdicts.groupby("model")["claim"].apply(lambda c: "decoder FFN fragile" in set(c))).all()
