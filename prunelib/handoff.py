@@ -213,6 +213,11 @@ def sensitivity_scores(summaries: Path, loaded: LoadedModel, split: CalibrationS
 # ---- notebook 04's exports (04 writes, 05 reads) ----------------------------------------------
 
 
+def summary_folder(profile: str) -> Path:
+    """Where a profile's summary tables live (`notebooks.output_dirs` creates it; readers never do)."""
+    return project_root() / "results" / profile / "summary"
+
+
 def exports_dir(profile: str) -> Path:
     """Where notebook 04 saves pruned models of a profile."""
     return project_root() / "exports" / profile

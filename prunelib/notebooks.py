@@ -15,6 +15,7 @@ import yaml
 from prunelib.allocation import ALLOCATORS
 from prunelib.calibration import LABELS
 from prunelib.corpora import DATA_ENV, parse_corpus_name
+from prunelib.handoff import summary_folder
 from prunelib.paths import project_root
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def output_dirs(profile: str, figures_dir: str | None = None) -> tuple[Path, Pat
     """
     root = project_root()
     figures = root / figures_dir if figures_dir else root / "results" / profile / "figures"
-    summary = root / "results" / profile / "summary"
+    summary = summary_folder(profile)
     figures.mkdir(parents=True, exist_ok=True)
     summary.mkdir(parents=True, exist_ok=True)
     return figures, summary

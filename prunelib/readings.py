@@ -196,7 +196,8 @@ def sizes(table: pd.DataFrame) -> list[str]:
     for effect, rows in table.groupby("effect", sort=False):
         measured = rows[rows["status"] == "measured"]
         paper = rows["paper_change"].dropna()
-        paper_text = f"the paper's whisper-small: {paper.iloc[0]:+.2f}" if len(paper) else "the paper gives no number at this level"
+        paper_text = (f"the paper's whisper-small: {paper.iloc[0]:+.2f}" if len(paper)
+                      else "the paper gives no number at this level")
         points = "; ".join(f"{r.model} {r.delta_wer:+.2f} {claims.interval_text(r.delta_lo, r.delta_hi)}"
                            + (f" ({r.method})" if r.kind == "allocation" else "") for r in measured.itertuples())
         if len(measured) < 2:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
@@ -45,11 +44,6 @@ def late_groups(encoder_layers: dict[str, int] | None = None) -> pd.DataFrame:
         rows.append({"size": size, "encoder layers": n, "last 4 layers": span(max(0, n - 4), n - 1),
                      "late third": span(late.start, late.stop - 1), "same layers": max(0, n - 4) == late.start})
     return pd.DataFrame(rows)
-
-
-def summary_folder(profile: str) -> Path:
-    """Where a profile's summary tables live (read only: nothing is created for a profile not run)."""
-    return project_root() / "results" / profile / "summary"
 
 
 def profile_model(profile: str) -> str:
@@ -100,7 +94,7 @@ def size_table(profiles: Sequence[str], sparsity: float = PAPER_SPARSITY, target
     """
     rows = []
     for profile in profiles:
-        folder = summary_folder(profile)
+        folder = handoff.summary_folder(profile)
         tables = {name: pd.read_csv(folder / name) if (folder / name).exists() else None
                   for name in (handoff.ABLATION, handoff.ALLOCATION_RESULTS)}
         for effect, group, claim in EFFECTS:
@@ -121,6 +115,7 @@ def size_table(profiles: Sequence[str], sparsity: float = PAPER_SPARSITY, target
 
 def size_claims(profiles: Sequence[str]) -> pd.DataFrame:
     """Notebook 06's verdict table for every profile that has results, one block per model."""
-    blocks = [claims.claims_table(summary_folder(p), profile_model(p)) for p in profiles if summary_folder(p).is_dir()]
+    folders = {p: handoff.summary_folder(p) for p in profiles}
+    blocks = [claims.claims_table(folder, profile_model(p)) for p, folder in folders.items() if folder.is_dir()]
     blocks = [block for block in blocks if len(block)]
     return pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()

@@ -30,6 +30,7 @@ def _allocations(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
 @pytest.fixture
 def two_sizes(tmp_path, monkeypatch):
     monkeypatch.setattr(sizes, "project_root", lambda: tmp_path)
+    monkeypatch.setattr(handoff, "project_root", lambda: tmp_path)
     monkeypatch.setattr(sizes, "profile_model", lambda profile: {"small": "m/tiny", "big": "m/base"}[profile])
     for profile in ("small", "big"):
         (tmp_path / "results" / profile / "summary").mkdir(parents=True)
