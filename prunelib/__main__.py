@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=_eval)
 
     nb = sub.add_parser("notebooks", help="run the numbered notebooks with papermill")
-    nb.add_argument("--profile", default="smoke", help="smoke | default | paper (params/<profile>.yaml)")
+    nb.add_argument("--profile", default="smoke",
+                    help="smoke | smoke-base | default | default-tiny | paper (params/<profile>.yaml)")
     nb.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run, e.g. 01 02")
     nb.add_argument("--kernel", default=None, help="Jupyter kernel name (default: this Python)")
     nb.set_defaults(run=_notebooks)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from prunelib import handoff
 from prunelib.allocation import SENSITIVITY_AWARE
 
 # The paper's numbers: whisper-small, LibriSpeech test-other, its own decoding pipeline (DESIGN.md).
@@ -70,6 +71,8 @@ def nearest_row(table: pd.DataFrame, component: str, sparsity: float = 0.5) -> p
 
 def interval_side(row: pd.Series) -> str:
     """Where a row's paired interval of the WER change lies, in words: below 0, above 0, or across it."""
+    if pd.isna(row["delta_lo"]) or pd.isna(row["delta_hi"]):
+        return "no interval (a single utterance)"
     if row["delta_hi"] < 0:
         return "lower WER (interval below 0)"
     if row["delta_lo"] > 0:
@@ -208,6 +211,13 @@ def crossings(results_04: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def best_matched(results_04: pd.DataFrame, target: float) -> pd.Series | None:
+    """Notebook 04's matched allocation with the lowest WER at `target` (any method), or None."""
+    at = matched_rows(results_04)
+    at = at[(at["target"] - target).abs() < 1e-9]
+    return None if at.empty else at.loc[at["wer"].idxmin()]
+
+
 def allocation_claims(results_04: pd.DataFrame, model: str, target: float = 0.4) -> list[Verdict]:
     """Global magnitude at 40% collapses; the best sensitivity-aware allocation stays near dense."""
     at = results_04[(results_04["target"] - target).abs() < 1e-9]
@@ -229,9 +239,8 @@ def allocation_claims(results_04: pd.DataFrame, model: str, target: float = 0.4)
                                 f"{dense['wer']:.2f} -> {row['wer']:.2f} ({row['allocator']})", _interval(row),
                                 setting, judge_near(row), RULES["near"]))
     # Not the paper's claim, stated beside it: how near any one-shot method of the table gets.
-    matched = at[at["allocator"] != "paper"]
-    if not matched.empty:
-        row = matched.loc[matched["wer"].idxmin()]
+    row = best_matched(results_04, target)
+    if row is not None:
         verdicts.append(Verdict(BEST_ANY, model, "not claimed",
                                 f"{dense['wer']:.2f} -> {row['wer']:.2f} ({row['allocator']})",
                                 _interval(row), setting, judge_near(row), RULES["near"]))
@@ -254,7 +263,7 @@ def cross_dataset_claim(cross: pd.DataFrame, model: str, system: str = "decoder 
         # The corpus the recipe came from is shown beside the others: a "gain" can only persist if it exists.
         ours = ("; ".join(f"{r.dataset}: {r.delta_wer:+.2f}" for r in others.itertuples())
                 + f" (on {first['dataset']}: {first['delta_wer']:+.2f})")
-        intervals = "; ".join(f"[{r.delta_lo:+.2f}, {r.delta_hi:+.2f}]" for r in others.itertuples())
+        intervals = "; ".join(interval_text(r.delta_lo, r.delta_hi) for r in others.itertuples())
         sizes = "; ".join(str(int(n)) for n in others["n"])
         verdicts.append(Verdict(f"gains persist across corpora ({system})", model, "TED-LIUM -0.64, Common Voice -2.54",
                                 ours, intervals, f"pipeline '{language}', n = {sizes}", verdict,
@@ -265,9 +274,9 @@ def cross_dataset_claim(cross: pd.DataFrame, model: str, system: str = "decoder 
 def claims_table(summaries: Path, model: str) -> pd.DataFrame:
     """Every claim we have results for, read from a profile's summary folder."""
     verdicts: list[Verdict] = []
-    sources = {"03_ablation.csv": lambda t: ablation_claims(t, model),
-               "04_results.csv": lambda t: allocation_claims(t, model),
-               "05_cross_dataset.csv": lambda t: cross_dataset_claim(t, model)}
+    sources = {handoff.ABLATION: lambda t: ablation_claims(t, model),
+               handoff.ALLOCATION_RESULTS: lambda t: allocation_claims(t, model),
+               handoff.CROSS_DATASET: lambda t: cross_dataset_claim(t, model)}
     missing = []
     for name, judge in sources.items():
         path = Path(summaries) / name

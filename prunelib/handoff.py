@@ -44,6 +44,11 @@ def ablation_file(language: str) -> str:
     return f"03_ablation_{language}.csv"
 
 
+def summary_folder(profile: str) -> Path:
+    """Where a profile's summary tables live (`notebooks.output_dirs` creates it; readers never do)."""
+    return project_root() / "results" / profile / "summary"
+
+
 def write_summary(summaries: Path, name: str, table: pd.DataFrame) -> Path:
     """Write one summary table atomically under its name; returns the path."""
     return write_csv_atomic(Path(summaries) / name, table)
@@ -211,11 +216,6 @@ def sensitivity_scores(summaries: Path, loaded: LoadedModel, split: CalibrationS
 
 
 # ---- notebook 04's exports (04 writes, 05 reads) ----------------------------------------------
-
-
-def summary_folder(profile: str) -> Path:
-    """Where a profile's summary tables live (`notebooks.output_dirs` creates it; readers never do)."""
-    return project_root() / "results" / profile / "summary"
 
 
 def exports_dir(profile: str) -> Path:

@@ -18,7 +18,7 @@ def model_line(loaded: LoadedModel) -> str:
     line = f"{loaded.name}: {size:.1f} M parameters, multilingual={loaded.is_multilingual}, loaded from {loaded.source}"
     if not loaded.is_multilingual:
         line += ("\nEnglish-only: it has no language or task tokens, so the paper's 'auto' pipeline decodes exactly "
-                 "as 'en' does (profiles run 'en' alone for it)")
+                 "as 'en' does ('en' alone is enough for it)")
     return line
 
 
@@ -191,32 +191,44 @@ def verdicts(table: pd.DataFrame, model: str) -> list[str]:
 
 
 def sizes(table: pd.DataFrame) -> list[str]:
-    """Notebook 07: per effect, its change from the smallest to the largest size measured, against the paper's."""
+    """Notebook 07: per effect, its change from the smallest to the largest size measured, against the paper's.
+
+    "Towards the paper" compares changes relative to each model's own dense WER (as notebook 06's
+    rule does), since the sizes start from different dense WERs; the paper decoded with language
+    detection, these sizes with English forced.
+    """
     lines = []
+    datasets = sorted(set(table["dataset"].dropna()))
+    if len(datasets) > 1:
+        lines.append(f"- The sizes were measured on different data ({', '.join(datasets)}): their intervals "
+                     "do not come from the same utterances.")
     for effect, rows in table.groupby("effect", sort=False):
         measured = rows[rows["status"] == "measured"]
-        paper = rows["paper_change"].dropna()
-        paper_text = (f"the paper's whisper-small: {paper.iloc[0]:+.2f}" if len(paper)
+        paper = rows["paper_relative"].dropna()
+        paper_text = (f"the paper's whisper-small: {rows['paper_change'].dropna().iloc[0]:+.2f}, "
+                      f"{paper.iloc[0]:+.1f}% of its dense WER" if len(paper)
                       else "the paper gives no number at this level")
         points = "; ".join(f"{r.model} {r.delta_wer:+.2f} {claims.interval_text(r.delta_lo, r.delta_hi)}"
+                           + (f", {r.relative_change:+.1f}%" if pd.notna(r.relative_change) else ", dense WER 0")
                            + (f" ({r.method})" if r.kind == "allocation" else "") for r in measured.itertuples())
         if len(measured) < 2:
             lines.append(f"- {effect}: {points or 'not measured yet'} ({paper_text}); a trend needs two sizes.")
             continue
         first, last = measured.iloc[0], measured.iloc[-1]
-        if len(paper):
-            closer = abs(last["delta_wer"] - paper.iloc[0]) < abs(first["delta_wer"] - paper.iloc[0])
-            direction = "moves towards" if closer else "does not move towards"
-            trend = f"from {first['model']} to {last['model']} it {direction} the paper's number"
-        else:
-            size_first, size_last = abs(first["delta_wer"]), abs(last["delta_wer"])
-            change = "grows" if size_last > size_first else "shrinks" if size_last < size_first else "stays the same"
-            trend = f"from {first['model']} to {last['model']} it {change}"
-        if pd.isna([first["delta_lo"], last["delta_lo"]]).any():
-            trend += ", but one of them has no interval: at this n the sizes cannot be told apart"
+        trend = (f"from {first['model']} to {last['model']} it goes from {first['delta_wer']:+.2f} "
+                 f"to {last['delta_wer']:+.2f}")
+        if len(paper) and pd.isna([first["relative_change"], last["relative_change"]]).any():
+            trend += "; a dense WER of 0 has no relative change to set beside the paper's"
+        elif len(paper):
+            closer = abs(last["relative_change"] - paper.iloc[0]) < abs(first["relative_change"] - paper.iloc[0])
+            trend += ", towards the paper's relative change" if closer else ", not towards the paper's relative change"
+        elif first["delta_wer"] * last["delta_wer"] < 0:
+            trend += ": the sign flips"
+        if pd.isna([first["delta_lo"], first["delta_hi"], last["delta_lo"], last["delta_hi"]]).any():
+            trend += "; one of them has no interval, so at this n the sizes cannot be told apart"
         elif first["delta_lo"] <= last["delta_hi"] and last["delta_lo"] <= first["delta_hi"]:
-            trend += ", but the two intervals overlap: at this n the sizes do not differ measurably"
+            trend += "; the two intervals overlap, so at this n the sizes do not differ measurably"
         else:
-            trend += ", and the two intervals do not overlap"
+            trend += "; the two intervals do not overlap"
         lines.append(f"- {effect}: {points} ({paper_text}); {trend}.")
     return lines

@@ -47,10 +47,31 @@ def late_groups(encoder_layers: dict[str, int] | None = None) -> pd.DataFrame:
 
 
 def profile_model(profile: str) -> str:
-    """The model a profile runs, as its params file names it."""
+    """The model a profile's results were made with: notebook 01's table when it ran, else its params file."""
+    baseline = handoff.summary_folder(profile) / handoff.BASELINE
+    if baseline.exists():
+        return str(pd.read_csv(baseline)["model"].iloc[0])
     from prunelib.notebooks import load_profile
 
     return str((load_profile(profile).get("shared") or {}).get("model", "?"))
+
+
+def size_rank(model: str) -> int | None:
+    """Where a Whisper model's size stands among tiny .. large (by its name), or None when the name says nothing."""
+    name = model.rstrip("/").rsplit("/", 1)[-1].lower()
+    return next((rank for rank, size in enumerate(WHISPER_ENCODER_LAYERS) if size in name), None)
+
+
+def check_order(models: Sequence[str]) -> None:
+    """Refuse sizes given out of order: a trend read from the largest to the smallest would be backwards."""
+    ranks = [rank for rank in map(size_rank, models) if rank is not None]
+    if ranks != sorted(ranks):
+        raise ValueError(f"list the profiles smallest model first; got {', '.join(models)}")
+
+
+def paper_relative(change: float | None) -> float | None:
+    """The paper's change as a percentage of its dense WER: the scale on which sizes are compared with it."""
+    return None if change is None else round(100 * change / claims.PAPER_DENSE, 1)
 
 
 def paper_change(claim: str | None, at_papers_level: bool = True) -> float | None:
@@ -62,7 +83,9 @@ def paper_change(claim: str | None, at_papers_level: bool = True) -> float | Non
 def _measured(row: pd.Series, dense_wer: float) -> dict:
     return {"sparsity": row.get("requested_sparsity", row.get("target")), "spec": row["spec"], "n": int(row["n"]),
             "dense_wer": dense_wer, "wer": row["wer"], "delta_wer": row["delta_wer"], "delta_lo": row["delta_lo"],
-            "delta_hi": row["delta_hi"], "here": claims.interval_side(row)}
+            "delta_hi": row["delta_hi"],
+            "relative_change": round(100 * row["delta_wer"] / dense_wer, 1) if dense_wer > 0 else None,
+            "here": claims.interval_side(row)}
 
 
 def _ablation_effect(table: pd.DataFrame, group: str, sparsity: float) -> dict | None:
@@ -75,13 +98,15 @@ def _ablation_effect(table: pd.DataFrame, group: str, sparsity: float) -> dict |
 
 
 def _best_allocation(table: pd.DataFrame, target: float) -> dict | None:
-    at = claims.matched_rows(table)
-    at = at[(at["target"] - target).abs() < 1e-9]
+    row = claims.best_matched(table, target)
     dense = table[table["allocator"] == "dense"]
-    if at.empty or dense.empty:
+    if row is None or dense.empty:
         return None
-    row = at.loc[at["wer"].idxmin()]
     return {"method": row["allocator"], **_measured(row, dense.iloc[0]["wer"])}
+
+
+MEASURED_COLUMNS = ["method", "sparsity", "spec", "n", "dense_wer", "wer", "delta_wer", "delta_lo", "delta_hi",
+                    "relative_change", "here"]
 
 
 def size_table(profiles: Sequence[str], sparsity: float = PAPER_SPARSITY, target: float = PAPER_TARGET) -> pd.DataFrame:
@@ -92,17 +117,24 @@ def size_table(profiles: Sequence[str], sparsity: float = PAPER_SPARSITY, target
     that level, gives a row whose `status` says what is missing; nothing is filled in from another
     level. The paper's change is given only at the paper's own levels.
     """
+    if not profiles:
+        raise ValueError("notebook 07 needs at least one profile")
+    models = {profile: profile_model(profile) for profile in profiles}
+    check_order(list(models.values()))
     rows = []
     for profile in profiles:
         folder = handoff.summary_folder(profile)
         tables = {name: pd.read_csv(folder / name) if (folder / name).exists() else None
-                  for name in (handoff.ABLATION, handoff.ALLOCATION_RESULTS)}
+                  for name in (handoff.BASELINE, handoff.ABLATION, handoff.ALLOCATION_RESULTS)}
+        dataset = tables[handoff.BASELINE]["dataset"].iloc[0] if tables[handoff.BASELINE] is not None else None
         for effect, group, claim in EFFECTS:
             level = sparsity if group else target
             source = handoff.ABLATION if group else handoff.ALLOCATION_RESULTS
             paper_level = abs(level - (PAPER_SPARSITY if group else PAPER_TARGET)) < 1e-9
-            base = {"profile": profile, "model": profile_model(profile), "effect": f"{effect} {level:.0%}",
-                    "kind": "component" if group else "allocation", "paper_change": paper_change(claim, paper_level)}
+            change = paper_change(claim, paper_level)
+            base = {"profile": profile, "model": models[profile], "dataset": dataset, "effect": f"{effect} {level:.0%}",
+                    "kind": "component" if group else "allocation", "paper_change": change,
+                    "paper_relative": paper_relative(change)}
             table = tables[source]
             if table is None:
                 rows.append({**base, "status": f"not run: no {folder.relative_to(project_root()) / source}"})
@@ -110,12 +142,23 @@ def size_table(profiles: Sequence[str], sparsity: float = PAPER_SPARSITY, target
             found = _ablation_effect(table, group, level) if group else _best_allocation(table, level)
             status = "measured" if found else f"not in {source} at {level:.0%} (pipeline '{COMPARISON_PIPELINE}')"
             rows.append({**base, **(found or {}), "status": status})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # Every measurement column exists even when nothing is measured yet: readers and the plot rely on them.
+    return table.reindex(columns=[*table.columns, *(c for c in MEASURED_COLUMNS if c not in table.columns)])
 
 
 def size_claims(profiles: Sequence[str]) -> pd.DataFrame:
-    """Notebook 06's verdict table for every profile that has results, one block per model."""
-    folders = {p: handoff.summary_folder(p) for p in profiles}
-    blocks = [claims.claims_table(folder, profile_model(p)) for p, folder in folders.items() if folder.is_dir()]
-    blocks = [block for block in blocks if len(block)]
-    return pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
+    """Notebook 06's verdict table for every profile that has results, one block per model.
+
+    `attrs["missing"]` names each profile's tables that are not there yet (a whole profile not run
+    names all three).
+    """
+    blocks, missing = [], []
+    for profile in profiles:
+        block = claims.claims_table(handoff.summary_folder(profile), profile_model(profile))
+        missing += [f"{profile}: {name}" for name in block.attrs["missing"]]
+        if len(block):
+            blocks.append(block)
+    table = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
+    table.attrs["missing"] = missing
+    return table

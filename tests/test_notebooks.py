@@ -47,7 +47,7 @@ def test_durations_read_as_the_readme_quotes_them(seconds, text):
     assert notebooks._duration(seconds) == text
 
 
-def test_a_profile_model_folder_is_relative_to_the_repository(tmp_path):
+def test_a_profile_model_folder_is_relative_to_the_repository():
     notebook = notebooks.notebook_paths(["01"])[0]
     local = notebooks.parameters_for(notebook, "p", {"shared": {"model": "./build/whisper-base"}})
     assert local["model"] == str(notebooks.project_root() / "build" / "whisper-base")

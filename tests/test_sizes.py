@@ -31,7 +31,8 @@ def _allocations(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
 def two_sizes(tmp_path, monkeypatch):
     monkeypatch.setattr(sizes, "project_root", lambda: tmp_path)
     monkeypatch.setattr(handoff, "project_root", lambda: tmp_path)
-    monkeypatch.setattr(sizes, "profile_model", lambda profile: {"small": "m/tiny", "big": "m/base"}[profile])
+    models = {"small": "m/tiny", "big": "m/base"}
+    monkeypatch.setattr(sizes, "profile_model", lambda profile: models.get(profile, "m/other"))
     for profile in ("small", "big"):
         (tmp_path / "results" / profile / "summary").mkdir(parents=True)
     small = tmp_path / "results" / "small" / "summary"
@@ -69,16 +70,61 @@ def test_the_paper_change_is_given_only_at_the_papers_levels(two_sizes):
 def test_the_reading_says_which_way_each_effect_moves_and_whether_the_sizes_differ(two_sizes, tmp_path):
     table = sizes.size_table(two_sizes)
     lines = {line.split(":")[0][2:]: line for line in readings.sizes(table)}
-    # +4 [2, 6] on tiny to -1 [-3, 1] on base: towards the paper's -2.38, and the intervals are apart
-    assert "moves towards the paper's number, and the two intervals do not overlap" in lines["decoder self-attn 50%"]
-    assert "grows" in lines["decoder FFN 50%"] and "the paper gives no number" in lines["decoder FFN 50%"]
+    # +40% of dense on tiny to -10% on base: towards the paper's -20.4%, and the intervals are apart
+    line = lines["decoder self-attn 50%"]
+    assert "goes from +4.00 to -1.00, towards the paper's relative change; the two intervals do not overlap" in line
+    assert "-20.4% of its dense WER" in line
+    assert "the paper gives no number" in lines["decoder FFN 50%"]
     assert "a trend needs two sizes" in lines["best matched allocation 40%"]
     assert "not measured yet" in lines["encoder late third (size-relative) 50%"]
     figure = plots.plot_size_trend(table, sizes.PAPER_MODEL, tmp_path / "trend.png")
     assert figure.stat().st_size > 0
 
 
+def test_a_sign_flip_and_a_missing_interval_are_said_as_such(two_sizes):
+    table = sizes.size_table(two_sizes, sparsity=0.3).set_index(["profile", "effect"])
+    table.loc[("big", "decoder self-attn 30%"), ["status", "delta_wer", "delta_lo", "delta_hi", "relative_change",
+                                                 "model"]] = ["measured", -1.0, float("nan"), float("nan"), -10.0,
+                                                              "m/base"]
+    line = next(x for x in readings.sizes(table.reset_index()) if x.startswith("- decoder self-attn 30%"))
+    assert "goes from +1.00 to -1.00: the sign flips" in line
+    assert "[no interval]" in line and "cannot be told apart" in line
+
+
+def test_sizes_out_of_order_are_refused():
+    sizes.check_order(["openai/whisper-tiny.en", "./build/whisper-base", "openai/whisper-small", "my/own-model"])
+    with pytest.raises(ValueError, match="smallest model first"):
+        sizes.check_order(["openai/whisper-base", "openai/whisper-tiny.en"])
+
+
+def test_the_model_is_read_from_notebook_01_when_it_ran(tmp_path, monkeypatch):
+    monkeypatch.setattr(handoff, "project_root", lambda: tmp_path)
+    folder = tmp_path / "results" / "smoke" / "summary"
+    folder.mkdir(parents=True)
+    pd.DataFrame([{"model": "/abs/whisper-base", "dataset": "x:test"}]).to_csv(folder / handoff.BASELINE, index=False)
+    assert sizes.profile_model("smoke") == "/abs/whisper-base"
+    assert sizes.profile_model("default-tiny") == "openai/whisper-tiny.en"  # not run here: its params file
+
+
+def test_literal_and_size_relative_late_layers_coincide_only_for_whisper_small():
+    groups = sizes.late_groups().set_index("size")
+    assert groups.loc["tiny", ["last 4 layers", "late third"]].tolist() == ["0-3", "3"]
+    assert groups.loc["base", ["last 4 layers", "late third"]].tolist() == ["2-5", "4-5"]
+    assert groups["same layers"].to_dict() == {"tiny": False, "base": False, "small": True, "medium": False,
+                                               "large": False}
+
+
+def test_nothing_measured_still_gives_every_column(tmp_path, monkeypatch):
+    monkeypatch.setattr(sizes, "project_root", lambda: tmp_path)
+    monkeypatch.setattr(handoff, "project_root", lambda: tmp_path)
+    table = sizes.size_table(["default-tiny"])
+    assert set(sizes.MEASURED_COLUMNS) <= set(table.columns) and table["delta_wer"].isna().all()
+    assert table["status"].str.startswith("not run").all()
+    plots.plot_size_trend(table, sizes.PAPER_MODEL, tmp_path / "empty.png")
+
+
 def test_a_claims_table_per_size_carries_the_model(two_sizes):
-    verdicts = sizes.size_claims(two_sizes)
+    verdicts = sizes.size_claims([*two_sizes, "default-tiny"])
     assert set(verdicts["model"]) == {"m/tiny", "m/base"}
+    assert "default-tiny: 03_ablation.csv" in verdicts.attrs["missing"]  # a profile not run is named
     assert (verdicts.groupby("model")["claim"].apply(lambda c: "decoder FFN fragile" in set(c))).all()
