@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from prunelib import sparsegpt as sgpt
 from prunelib.calibration import Example, calibration_examples, label_texts
@@ -571,13 +572,14 @@ def allocation_plan(model: nn.Module, allocators: Sequence[str], targets: Sequen
 
     `settings` go to `allocate` (scores, norms, cap, owl_lambda, owl_outlier, wanda_scores).
     """
+    jobs = [(target, name, allocation_seed) for target in targets for name in allocators if name != "paper"
+            for allocation_seed in (seeds if name == "random" else [seed])]
     plan = []
-    for target in targets:
-        for name in allocators:
-            if name == "paper":
-                continue
-            for allocation_seed in (seeds if name == "random" else [seed]):
-                plan.append(allocate(name, model, target, seed=allocation_seed, **settings))
+    # SparseGPT's calibration takes minutes per allocation on a CPU: show where the plan is.
+    with tqdm(jobs, desc="allocations", unit="allocation") as bar:
+        for target, name, allocation_seed in bar:
+            bar.set_postfix_str(f"{name} {target:.0%}")
+            plan.append(allocate(name, model, target, seed=allocation_seed, **settings))
     if "paper" in allocators:
         plan.append(paper_schedule(model))
     return plan
