@@ -576,7 +576,7 @@ def allocation_plan(model: nn.Module, allocators: Sequence[str], targets: Sequen
             for allocation_seed in (seeds if name == "random" else [seed])]
     plan = []
     # SparseGPT's calibration takes minutes per allocation on a CPU: show where the plan is.
-    with tqdm(jobs, desc="allocations", unit="allocation") as bar:
+    with tqdm(jobs, desc="allocating", unit="allocation") as bar:
         for target, name, allocation_seed in bar:
             bar.set_postfix_str(f"{name} {target:.0%}")
             plan.append(allocate(name, model, target, seed=allocation_seed, **settings))
