@@ -7,6 +7,7 @@ import pandas as pd
 
 from prunelib import claims, handoff
 from prunelib.components import layer_thirds
+from prunelib.notebooks import load_profile
 from prunelib.paths import project_root
 
 # Every size decodes under the standard pipeline; English-only models (tiny.en) have no other.
@@ -51,8 +52,6 @@ def profile_model(profile: str) -> str:
     baseline = handoff.summary_folder(profile) / handoff.BASELINE
     if baseline.exists():
         return str(pd.read_csv(baseline)["model"].iloc[0])
-    from prunelib.notebooks import load_profile
-
     return str((load_profile(profile).get("shared") or {}).get("model", "?"))
 
 
