@@ -225,7 +225,8 @@ def exports_dir(profile: str) -> Path:
 
 def export_folder(profile: str, allocator: str, target: float) -> Path:
     """The folder notebook 04 saves `allocator`'s model at `target` into."""
-    slug = allocator.replace(" ", "_").replace("(", "").replace(")", "")  # "random (seed 1)" -> random_seed_1
+    # "random (seed 1)" -> random_seed_1; "sparsegpt+owl" -> sparsegpt_owl (a "+" makes transformers warn on save)
+    slug = allocator.replace(" ", "_").replace("+", "_").replace("(", "").replace(")", "")
     return exports_dir(profile) / f"04_{slug}_{round(100 * target)}"
 
 

@@ -76,6 +76,7 @@ def test_exports_are_found_by_their_marker_not_their_name(tiny_whisper, tmp_path
     monkeypatch.setattr(handoff, "exports_dir", lambda profile: tmp_path / profile)
     folder = handoff.export_folder("p", "random (seed 1)", 0.4)
     assert folder.name == "04_random_seed_1_40"
+    assert handoff.export_folder("p", "sparsegpt+empirical", 0.4).name == "04_sparsegpt_empirical_40"
     assert handoff.find_export("p", 0.4) is None
     export_pruned(tiny_whisper, None, folder, about={"allocator": "random (seed 1)", "target": 0.4, "model": "m"})
     export_pruned(tiny_whisper, None, tmp_path / "p" / "04_other_20",
