@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 
@@ -61,3 +62,26 @@ class EncoderCache:
         """Forget everything."""
         self._store.clear()
         self.bytes = 0
+
+
+@dataclass(frozen=True)
+class EncoderReuse:
+    """What of the encoder's work one evaluation may take from the cache, and under which keys.
+
+    `key` names the encoder's weights under the prune (its full outputs are shared by every
+    evaluation with the same encoder). A prune that leaves the convolutional front-end and the
+    first `prefix_layers` encoder layers dense also shares their output, the input of layer
+    `prefix_layers`, with every other such prune: it is stored under `prefix_key`, which must
+    name those dense weights, and only the later layers run again.
+    """
+
+    cache: EncoderCache
+    key: str
+    prefix_layers: int = 0
+    prefix_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.prefix_layers < 0:
+            raise ValueError(f"prefix_layers must be at least 0, got {self.prefix_layers}")
+        if self.prefix_layers > 0 and not self.prefix_key:
+            raise ValueError("a dense encoder prefix needs a prefix_key naming its weights")

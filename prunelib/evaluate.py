@@ -11,8 +11,9 @@ import torch
 import transformers
 
 from prunelib import distributed, results, scoring
-from prunelib.components import find_stacks
+from prunelib.components import list_components, num_layers
 from prunelib.corpora import Corpus
+from prunelib.encoder_cache import EncoderReuse
 from prunelib.models import LoadedModel
 from prunelib.paths import results_root
 from prunelib.pruning import parse_prune_spec, pruned, resolve
@@ -34,10 +35,25 @@ class Evaluation:
     )  # the SparsityReport of the prune (None when read from cache)
 
 
+def dense_encoder_prefix(loaded: LoadedModel, spec) -> int:
+    """How many leading encoder layers `spec` leaves dense, with the convolutional front-end.
+
+    All of them when it leaves the encoder alone; 0 when it prunes the front-end, the final
+    layer norm or layer 0.
+    """
+    infos = {info.name: info for info in list_components(loaded.model)}
+    touched = [infos[name] for _, names in resolve(spec, loaded.model) for name in names
+               if infos[name].stack == "encoder"]
+    if not touched:
+        return num_layers(loaded.model)["encoder"]
+    if any(info.layer is None for info in touched):
+        return 0
+    return min(info.layer for info in touched)
+
+
 def touches_encoder(loaded: LoadedModel, spec) -> bool:
     """Whether the prune spec changes any encoder weight."""
-    prefix = find_stacks(loaded.model)["encoder"]
-    return any(name.startswith(prefix) for _, names in resolve(spec, loaded.model) for name in names)
+    return dense_encoder_prefix(loaded, spec) < num_layers(loaded.model)["encoder"]
 
 
 def encoder_key(loaded: LoadedModel, spec, importance_name: str) -> str:
@@ -49,6 +65,18 @@ def encoder_key(loaded: LoadedModel, spec, importance_name: str) -> str:
     if not touches_encoder(loaded, spec):
         return loaded.fingerprint
     return results.cache_key(weights=loaded.fingerprint, prune=str(spec), importance=importance_name)
+
+
+def encoder_reuse(loaded: LoadedModel, spec, importance_name: str) -> EncoderReuse:
+    """How an evaluation under `spec` reuses encoder work: whole outputs, or the dense prefix's.
+
+    The prefix states are the dense model's, so every prune that leaves those layers dense
+    shares them, whatever it does later in the encoder.
+    """
+    prefix_layers = dense_encoder_prefix(loaded, spec)
+    return EncoderReuse(cache=loaded.encoder_cache, key=encoder_key(loaded, spec, importance_name),
+                        prefix_layers=prefix_layers,
+                        prefix_key=f"{loaded.fingerprint}:entering-encoder-layer-{prefix_layers}")
 
 
 def _decoder_identity(loaded: LoadedModel) -> dict:
@@ -126,7 +154,7 @@ def _read_sparsity(path: Path) -> dict | None:
 
 
 def _decode_missing(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, done: dict[str, dict],
-                    fingerprints: dict[str, str], partial: Path, encoder_cache_key: str | None,
+                    fingerprints: dict[str, str], partial: Path, reuse: EncoderReuse | None,
                     progress: bool) -> tuple[list[dict], int]:
     """Records of every corpus utterance: `done` ones as they are, the rest decoded (this rank's share).
 
@@ -142,9 +170,7 @@ def _decode_missing(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, don
             record["audio_fingerprint"] = fingerprints[record["id"]]
             results.append_jsonl(partial, record)
 
-    encoder_cache = loaded.encoder_cache if encoder_cache_key is not None else None
-    new = transcribe(loaded, todo, decoding, progress=progress, on_batch=save, encoder_cache=encoder_cache,
-                     encoder_key=encoder_cache_key) if todo else []
+    new = transcribe(loaded, todo, decoding, progress=progress, on_batch=save, encoder_reuse=reuse) if todo else []
     by_id = {**{u.id: done[u.id] for u in mine if u.id in done}, **{r["id"]: r for r in new}}
     # Merge every rank's records (no-op alone).
     merged = distributed.gather_records(by_id)
@@ -174,7 +200,8 @@ def evaluate(
     exactly the corpus's utterances; records of others found in the file are ignored and
     counted (and dropped when the file is next rewritten). With `reuse_encoder`, encoder outputs
     kept in memory from earlier calls are reused when the encoder's weights are the same: every
-    prune that leaves the encoder dense, and the same prune under another decoding pipeline.
+    prune that leaves the encoder dense, and the same prune under another decoding pipeline; a
+    prune of later encoder layers reuses the dense states entering its first pruned layer.
     `weights` replaces whole tensors before the masks (SparseGPT); `importance_name` must then
     name them too.
     """
@@ -203,7 +230,7 @@ def evaluate(
     else:
         done = {**from_final, **_reusable(_stored_records(partial), corpus, fingerprints)}
         with pruned(loaded.model, spec, importance=importance, weights=weights) as report:
-            shared = encoder_key(loaded, spec, importance_label) if reuse_encoder else None
+            shared = encoder_reuse(loaded, spec, importance_label) if reuse_encoder else None
             records, n_decoded = _decode_missing(loaded, corpus, decoding, done, fingerprints, partial, shared,
                                                  progress)
         distributed.write_jsonl_once(final, records)

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from prunelib.audio import SAMPLE_RATE, WINDOW_SECONDS, AudioError
 from prunelib.corpora import Utterance
-from prunelib.encoder_cache import EncoderCache
+from prunelib.encoder_cache import EncoderReuse
 from prunelib.models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -110,15 +110,59 @@ def _quiet_transformers():
         transformers.logging.set_verbosity(previous)
 
 
-def _cached_encoder_outputs(loaded: LoadedModel, ids: list[str], features: torch.Tensor, cache: EncoderCache,
-                            encoder_key: str) -> torch.Tensor:
-    """Encoder hidden states for a batch: from the cache, else computed once and stored."""
-    cached = [cache.get(encoder_key, utt_id) for utt_id in ids]
+def _encoder_with_prefix(encoder: torch.nn.Module, features: torch.Tensor,
+                         prefix_layers: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The encoder's output, and its hidden states entering layer `prefix_layers` (None when 0)."""
+    if prefix_layers == 0:
+        return encoder(features).last_hidden_state, None
+    captured = {}
+
+    def capture(module, args, kwargs):
+        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
+
+    # A hook on the encoder's own forward, so the captured states are exactly those it computes.
+    handle = encoder.layers[prefix_layers].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        hidden = encoder(features).last_hidden_state
+    finally:
+        handle.remove()
+    return hidden, captured["hidden"]
+
+
+def _encoder_from_layer(encoder: torch.nn.Module, hidden: torch.Tensor, start: int) -> torch.Tensor:
+    """The encoder's output from the hidden states entering layer `start`, as its own forward goes on."""
+    for layer in encoder.layers[start:]:
+        hidden = layer(hidden, None, layer_head_mask=None, output_attentions=False)[0]
+    return encoder.layer_norm(hidden)
+
+
+def encoder_outputs(loaded: LoadedModel, ids: list[str], features: torch.Tensor,
+                    reuse: EncoderReuse | None = None) -> torch.Tensor:
+    """Encoder hidden states for a batch of utterances, reusing what `reuse` allows.
+
+    In order: the full outputs from the cache; else the cached states after the dense prefix,
+    through the remaining layers only; else the whole encoder, storing both for next time. A
+    batch is served from the cache only when every utterance in it is, so the rows are always
+    computed in the same batches (the sort by length fixes them for a corpus).
+    """
+    encoder = loaded.model.get_encoder()
+    if reuse is None:
+        return encoder(features).last_hidden_state
+    cache = reuse.cache
+    cached = [cache.get(reuse.key, utt_id) for utt_id in ids]
     if all(hidden is not None for hidden in cached):
         return torch.stack(cached)
-    hidden = loaded.model.get_encoder()(features).last_hidden_state
+    prefix_layers = reuse.prefix_layers if reuse.prefix_layers < len(encoder.layers) else 0
+    prefixes = [cache.get(reuse.prefix_key, utt_id) for utt_id in ids] if prefix_layers else []
+    if prefixes and all(prefix is not None for prefix in prefixes):
+        hidden = _encoder_from_layer(encoder, torch.stack(prefixes), prefix_layers)
+    else:
+        hidden, prefix = _encoder_with_prefix(encoder, features, prefix_layers)
+        if prefix is not None:
+            for utt_id, row in zip(ids, prefix, strict=True):
+                cache.put(reuse.prefix_key, utt_id, row)
     for utt_id, row in zip(ids, hidden, strict=True):
-        cache.put(encoder_key, utt_id, row)
+        cache.put(reuse.key, utt_id, row)
     return hidden
 
 
@@ -160,17 +204,14 @@ def _languages(loaded: LoadedModel, kwargs: dict, count: int, **inputs) -> list[
 
 
 def _decode_short(loaded: LoadedModel, ids: list[str], arrays: list[np.ndarray], decoding: Decoding, kwargs: dict,
-                  device: torch.device, encoder_cache: EncoderCache | None, encoder_key: str
+                  device: torch.device, encoder_reuse: EncoderReuse | None
                   ) -> tuple[torch.Tensor, list, int | None]:
     """Greedy-decode up to 30 s per utterance; the encoder runs once (or not at all, when cached)."""
     features = loaded.processor.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt")
     features = features.input_features.to(device)
-    if encoder_cache is not None:
-        hidden = _cached_encoder_outputs(loaded, ids, features, encoder_cache, encoder_key)
-    else:
-        hidden = loaded.model.get_encoder()(features).last_hidden_state
-    encoder_outputs = BaseModelOutput(last_hidden_state=hidden)
-    languages = _languages(loaded, kwargs, len(arrays), encoder_outputs=encoder_outputs)
+    hidden = encoder_outputs(loaded, ids, features, encoder_reuse)
+    encoded = BaseModelOutput(last_hidden_state=hidden)
+    languages = _languages(loaded, kwargs, len(arrays), encoder_outputs=encoded)
     budgets = [decoding.token_budget(len(audio) / SAMPLE_RATE) for audio in arrays]
     extra = {}
     if budgets[0] is not None:
@@ -178,7 +219,7 @@ def _decode_short(loaded: LoadedModel, ids: list[str], arrays: list[np.ndarray],
             "max_new_tokens": max(budgets),
             "stopping_criteria": StoppingCriteriaList([PerRowTokenBudget(budgets)]),
         }
-    sequences = loaded.model.generate(encoder_outputs=encoder_outputs, **kwargs, **extra)
+    sequences = loaded.model.generate(encoder_outputs=encoded, **kwargs, **extra)
     return sequences, languages, budgets
 
 
@@ -219,15 +260,14 @@ def transcribe(
     decoding: Decoding = Decoding(),
     progress: bool = True,
     on_batch: Callable[[list[dict]], None] | None = None,
-    encoder_cache: EncoderCache | None = None,
-    encoder_key: str | None = None,
+    encoder_reuse: EncoderReuse | None = None,
 ) -> list[dict]:
     """Transcribe utterances; one record per utterance (see prunelib.scoring for the keys).
 
     Utterances are sorted by length so batches pad little; audio over 30 s is decoded
     long-form one utterance at a time (or truncated when `decoding.long_form` is False).
-    With `encoder_cache`, encoder outputs are stored and reused under `encoder_key`, which
-    must name the encoder's current weights (default: the loaded weights' fingerprint).
+    With `encoder_reuse`, encoder outputs (and the states after a dense encoder prefix) are
+    stored in its cache and reused under its keys, which must name the weights they come from.
     """
     model, processor = loaded.model, loaded.processor
     kwargs = generate_kwargs(loaded, decoding)
@@ -253,8 +293,7 @@ def transcribe(
                 sequences, languages, budgets = _decode_long(loaded, arrays, kwargs, device)
             else:
                 sequences, languages, budgets = _decode_short(
-                    loaded, [utt.id for utt, _ in batch], arrays, decoding, kwargs, device, encoder_cache,
-                    encoder_key or loaded.fingerprint)
+                    loaded, [utt.id for utt, _ in batch], arrays, decoding, kwargs, device, encoder_reuse)
         elapsed = time.perf_counter() - started
         texts = processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         batch_records = []

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from prunelib.corpora import Corpus, Utterance, load_corpus
 from prunelib.evaluate import evaluate
@@ -258,16 +259,17 @@ def test_cli_bad_input_exits_nonzero(shared_data, args, message):
 
 
 def test_encoder_reuse_gives_identical_transcripts(tiny_en, librivox):
-    from prunelib.encoder_cache import EncoderCache
+    from prunelib.encoder_cache import EncoderCache, EncoderReuse
     from prunelib.pruning import pruned
 
     cache = EncoderCache()
+    reuse = EncoderReuse(cache=cache, key=tiny_en.fingerprint)
     decoding = Decoding(batch_size=2)
     utterances = librivox.utterances[:4]
-    dense = transcribe(tiny_en, utterances, decoding, progress=False, encoder_cache=cache)
+    dense = transcribe(tiny_en, utterances, decoding, progress=False, encoder_reuse=reuse)
     assert len(cache) == 4 and cache.hits == 0
     with pruned(tiny_en.model, "decoder.self_attn=0.5"):
-        reused = transcribe(tiny_en, utterances, decoding, progress=False, encoder_cache=cache)
+        reused = transcribe(tiny_en, utterances, decoding, progress=False, encoder_reuse=reuse)
         full = transcribe(tiny_en, utterances, decoding, progress=False)
     assert cache.hits == 4
     assert [r["hypothesis"] for r in reused] == [r["hypothesis"] for r in full]
@@ -290,12 +292,55 @@ def test_pruned_encoder_outputs_are_shared_only_by_the_same_prune(tiny_en, libri
                     reuse_encoder=False)
     assert [r["hypothesis"] for r in again.records] == [r["hypothesis"] for r in full.records]
     assert [r["hypothesis"] for r in first.records] == [r["hypothesis"] for r in full.records]
-    # A different encoder prune never reads those outputs.
+    # A different prune of the same layer never reads those outputs, only the dense states entering it.
     hits = tiny_en.encoder_cache.hits
-    evaluate(
-        tiny_en, corpus, Decoding(batch_size=2), prune="encoder.layers[-1:]=0.6", cache_dir=tmp_path, progress=False
-    )
-    assert tiny_en.encoder_cache.hits == hits
+    other_prune = evaluate(tiny_en, corpus, Decoding(batch_size=2), prune="encoder.layers[-1:]=0.6",
+                           cache_dir=tmp_path, progress=False)
+    assert tiny_en.encoder_cache.hits == hits + 3
+    unshared = evaluate(tiny_en, corpus, Decoding(batch_size=2), prune="encoder.layers[-1:]=0.6",
+                        cache_dir=tmp_path / "unshared", progress=False, reuse_encoder=False)
+    assert [r["hypothesis"] for r in other_prune.records] == [r["hypothesis"] for r in unshared.records]
+
+
+@pytest.mark.parametrize("first_pruned", [1, 2, 3])
+def test_encoder_prefix_reuse_is_exact(tiny_en, librivox, tmp_path, first_pruned):
+    from prunelib.evaluate import dense_encoder_prefix, encoder_reuse
+    from prunelib.pruning import pruned
+    from prunelib.transcribe import encoder_outputs
+
+    spec = f"encoder.layers[{first_pruned}:]=0.5"
+    assert dense_encoder_prefix(tiny_en, spec) == first_pruned
+    utterances = librivox.utterances[:3]
+    arrays = [u.load_audio() for u in utterances]
+    features = tiny_en.processor.feature_extractor(arrays, sampling_rate=16000, return_tensors="pt").input_features
+    ids = [u.id for u in utterances]
+    tiny_en.encoder_cache.clear()
+    with torch.inference_mode():
+        with pruned(tiny_en.model, f"encoder.layers[{first_pruned}:]=0.3"):
+            # The first prune stores the dense states entering layer `first_pruned`.
+            encoder_outputs(tiny_en, ids, features, encoder_reuse(tiny_en, f"encoder.layers[{first_pruned}:]=0.3",
+                                                                  "magnitude"))
+        with pruned(tiny_en.model, spec):
+            hits = tiny_en.encoder_cache.hits
+            reused = encoder_outputs(tiny_en, ids, features, encoder_reuse(tiny_en, spec, "magnitude"))
+            assert tiny_en.encoder_cache.hits == hits + len(ids)  # the prefix, not the outputs
+            computed = tiny_en.model.get_encoder()(features).last_hidden_state
+    assert torch.equal(reused, computed)
+    corpus = librivox.subset(ids)
+    with_prefix = evaluate(tiny_en, corpus, Decoding(batch_size=3), prune=spec, cache_dir=tmp_path / "a",
+                           progress=False)
+    without = evaluate(tiny_en, corpus, Decoding(batch_size=3), prune=spec, cache_dir=tmp_path / "b",
+                       progress=False, reuse_encoder=False)
+    assert [r["hypothesis"] for r in with_prefix.records] == [r["hypothesis"] for r in without.records]
+
+
+def test_dense_encoder_prefix_counts_leading_dense_layers(tiny_en):
+    from prunelib.evaluate import dense_encoder_prefix
+
+    assert dense_encoder_prefix(tiny_en, "decoder.ffn=0.5") == 4
+    assert dense_encoder_prefix(tiny_en, "encoder.layers[2].ffn=0.5,decoder.ffn=0.5") == 2
+    assert dense_encoder_prefix(tiny_en, "encoder.layers[3].self_attn=0.5,encoder.layers[1].ffn=0.2") == 1
+    assert dense_encoder_prefix(tiny_en, "encoder.ffn=0.5") == 0
 
 
 def test_encoder_cache_budget_evicts_oldest():
