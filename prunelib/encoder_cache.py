@@ -43,6 +43,10 @@ class EncoderCache:
         self.hits += 1
         return hidden
 
+    def holds(self, fingerprint: str, utterance_id: str) -> bool:
+        """Whether one utterance's hidden states are cached (neither a hit nor a miss, nor a use)."""
+        return (fingerprint, utterance_id) in self._store
+
     def put(self, fingerprint: str, utterance_id: str, hidden: torch.Tensor) -> None:
         """Store one utterance's hidden states ([positions, d_model]), evicting old ones if needed."""
         size = hidden.numel() * hidden.element_size()

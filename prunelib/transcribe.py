@@ -208,7 +208,7 @@ def _decode_short(loaded: LoadedModel, ids: list[str], arrays: list[np.ndarray],
                   ) -> tuple[torch.Tensor, list, int | None]:
     """Greedy-decode up to 30 s per utterance; the encoder runs once (or not at all, when cached)."""
     features = loaded.processor.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-    features = features.input_features.to(device)
+    features = features.input_features.to(device, dtype=loaded.model.dtype)
     hidden = encoder_outputs(loaded, ids, features, encoder_reuse)
     encoded = BaseModelOutput(last_hidden_state=hidden)
     languages = _languages(loaded, kwargs, len(arrays), encoder_outputs=encoded)
@@ -230,7 +230,7 @@ def _decode_long(loaded: LoadedModel, arrays: list[np.ndarray], kwargs: dict,
         arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt",
         truncation=False, padding="longest", return_attention_mask=True,
     )
-    input_features = features.input_features.to(device)
+    input_features = features.input_features.to(device, dtype=loaded.model.dtype)
     frames = int(WINDOW_SECONDS * SAMPLE_RATE) // loaded.processor.feature_extractor.hop_length
     languages = _languages(loaded, kwargs, len(arrays), input_features=input_features[..., :frames])
     output = loaded.model.generate(input_features, attention_mask=features.attention_mask.to(device),
