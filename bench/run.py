@@ -560,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         "decoding": f"greedy, batch {args.batch_size}; prunelib's token budget {decoding.max_tokens_per_second} "
                     "tokens/s of audio, the paper's way, generate and the pipeline Whisper's 448 tokens",
         "study grid extrapolated": f"profile {args.profile!r}: {len(grid)} evaluations of notebooks 03 and 04 on "
-                                   f"{sizes['held-out']} held-out and {sizes['calibration']} calibration utterances",
+                                   f"{sizes['sample']} utterances (03), {sizes['held-out']} held out (04) and "
+                                   f"{sizes['calibration']} for calibration (04's damage curves)",
         "bootstrap resamples per score": str(N_BOOT),
     }
     text = write_report(Path(args.out), command, facts, setup, parts, ratios, checks, rows, whole, ceilings, baseline,

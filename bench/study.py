@@ -60,7 +60,7 @@ class Config:
     notebook: str
     label: str
     spec: str  # prune-spec text; for a notebook-04 allocation of the grid only its name and target
-    utterances: str  # which utterances: "held-out" or "calibration" (the timed sample: the benchmark's)
+    utterances: str  # which: "sample", "held-out" or "calibration" (see study_grid); "timed" in the benchmark
     language: str = "en"
     reuse: str = ""  # a key of REUSE: what prunelib's way reuses, in study order
 
@@ -106,15 +106,17 @@ class CacheModel:
 def study_grid(loaded: LoadedModel, corpus: Corpus, profile: str = "default") -> tuple[list[Config], dict[str, int]]:
     """Every evaluation notebooks 03 and 04 make under `profile` for this model, in their order, with its reuse.
 
-    Also the number of utterances of each set evaluated on ("held-out", "calibration"), from
-    notebook 02's split of `corpus` (the profile's whole sample).
+    Also the number of utterances of each set evaluated on: "sample" (`corpus`, the profile's
+    whole sample: notebook 03), and notebook 02's split of it into "held-out" (04's allocations)
+    and "calibration" (04's damage curves).
     """
     settings = load_profile(profile)["notebooks"]
     ablations, allocations = settings["03_component_ablations"], settings["04_global_vs_sensitivity_aware"]
     pool, held_out = split_calibration(corpus, settings["02_sensitivity"]["calibration_speakers"], 0)
     config = loaded.model.config
     state_bytes = config.max_source_positions * config.d_model * next(loaded.model.parameters()).element_size()
-    block_bytes = {"held-out": len(held_out) * state_bytes, "calibration": len(pool) * state_bytes}
+    sizes = {"sample": len(corpus), "held-out": len(held_out), "calibration": len(pool)}
+    block_bytes = {name: count * state_bytes for name, count in sizes.items()}
     grid: list[Config] = []
     done: set[tuple[str, str, str]] = set()  # (spec, language, utterances): the results cache
 
@@ -136,9 +138,9 @@ def study_grid(loaded: LoadedModel, corpus: Corpus, profile: str = "default") ->
     for index, language in enumerate(ablations["languages"]):
         wanted = groups if index == 0 else {label: groups[label] for label in ablations["headline"] if label in groups}
         levels = ablations["sparsities"] if index == 0 else ablations["headline_sparsities"] or ablations["sparsities"]
-        add(cache, "03", "dense", "", "held-out", language)
+        add(cache, "03", "dense", "", "sample", language)
         for label, spec, _ in ablation_specs(wanted, levels):
-            add(cache, "03", label, spec, "held-out", language)
+            add(cache, "03", label, spec, "sample", language)
     cache = fresh_cache()
     add(cache, "04 curves", "dense", "", "calibration")
     for label, selector in allocation.empirical_groups(loaded.model).items():
@@ -157,19 +159,19 @@ def study_grid(loaded: LoadedModel, corpus: Corpus, profile: str = "default") ->
     if "paper" in allocations["allocators"]:
         grid.append(Config("04", "paper", "paper", "held-out", "en",
                            cache.evaluate(encoder_reuse(loaded, everything, "paper"), "held-out")))
-    return grid, {"held-out": len(held_out), "calibration": len(pool)}
+    return grid, sizes
 
 
 def sample_configs(loaded: LoadedModel, quick: bool) -> list[Config]:
     """The configurations timed both ways: dense, then SAMPLE (QUICK_SAMPLE), then some under the other pipeline."""
     groups = paper_component_groups(loaded.model)
-    configs = [Config("03", "dense", "", "sample")]
+    configs = [Config("03", "dense", "", "timed")]
     for notebook, label, sparsity in (QUICK_SAMPLE if quick else SAMPLE):
         if notebook == "03":
             spec = str(parse_prune_spec(f"{groups[label]}={sparsity}"))
         else:
             spec = allocation.allocate(label, loaded.model, sparsity).spec
-        configs.append(Config(notebook, f"{label} {sparsity:.0%}", spec, "sample"))
+        configs.append(Config(notebook, f"{label} {sparsity:.0%}", spec, "timed"))
     configs += [dataclasses.replace(c, language="auto") for c in list(configs) if c.label in SECOND_PIPELINE]
     return configs
 
@@ -226,7 +228,7 @@ def compare(rows: Sequence[dict]) -> None:
 def extrapolate(grid: Sequence[Config], rows: Sequence[dict], sizes: dict[str, int], n_sample: int) -> dict:
     """Study seconds both ways: each grid evaluation at the mean measured cost per utterance of its reuse.
 
-    `sizes` gives the utterances of "held-out" and "calibration". Evaluations read from the
+    `sizes` gives the utterances of each set (study_grid). Evaluations read from the
     results cache cost nothing prunelib's way and a full evaluation the paper's (which has no
     cache), priced at the mean of every sampled configuration. Reuses with no sampled
     configuration are counted and left out of both totals.
