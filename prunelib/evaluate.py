@@ -80,7 +80,8 @@ def encoder_reuse(loaded: LoadedModel, spec, importance_name: str) -> EncoderReu
 
 
 def _decoder_identity(loaded: LoadedModel) -> dict:
-    """What besides the weights turns audio into text: generation and feature settings, vocabulary, dtype, device."""
+    """What besides the weights turns audio into text: generation and feature settings, vocabulary, dtype,
+    attention path, device."""
     parameter = next(loaded.model.parameters())
     tokenizer = loaded.processor.tokenizer
     return {
@@ -88,6 +89,7 @@ def _decoder_identity(loaded: LoadedModel) -> dict:
         "features": results.cache_key(text=loaded.processor.feature_extractor.to_json_string()),
         "vocabulary": results.cache_key(vocabulary=tokenizer.get_vocab()),
         "dtype": str(parameter.dtype),
+        "attention": loaded.model.config._attn_implementation,
         "device": parameter.device.type,
         "transformers": transformers.__version__,
     }

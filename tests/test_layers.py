@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prunelib"
 # The layering the README's Layout section describes; a module may import its own layer and those above it here.
 LAYERS = {
     "data, models and the prune mechanism": ["paths", "results", "hub", "audio", "corpora", "components", "ct2",
-                                             "encoder_cache", "models", "pruning"],
+                                             "encoder_cache", "attention", "models", "pruning"],
     "transcription and scoring": ["distributed", "transcribe", "scoring", "analysis", "evaluate"],
     "pruning methods": ["calibration", "gradients", "sparsegpt", "sensitivity", "reliability", "allocation", "export"],
     "the study": ["handoff", "sweep", "claims", "readings", "plots", "notebooks", "sizes", "__main__", "__init__"],
