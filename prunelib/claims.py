@@ -62,11 +62,21 @@ def _interval(row: pd.Series) -> str:
 
 
 def nearest_row(table: pd.DataFrame, component: str, sparsity: float = 0.5) -> pd.Series | None:
-    """The row of `component` whose sparsity is closest to `sparsity`, or None."""
+    """The row of `component` whose sparsity is closest to `sparsity`, or None.
+
+    Notebook 06 judges each claim at the grid's level nearest the paper's and names that level;
+    comparisons across sizes use `row_at`, which takes only the level asked for.
+    """
     rows = table[table["component"] == component]
     if rows.empty:
         return None
     return rows.iloc[(rows["requested_sparsity"] - sparsity).abs().argmin()]
+
+
+def row_at(table: pd.DataFrame, component: str, sparsity: float) -> pd.Series | None:
+    """The row of `component` at exactly `sparsity`, or None: nothing is borrowed from another level."""
+    rows = table[(table["component"] == component) & ((table["requested_sparsity"] - sparsity).abs() < 1e-9)]
+    return None if rows.empty else rows.iloc[0]
 
 
 def interval_side(row: pd.Series) -> str:

@@ -89,11 +89,11 @@ def _measured(row: pd.Series, dense_wer: float) -> dict:
 
 def _ablation_effect(table: pd.DataFrame, group: str, sparsity: float) -> dict | None:
     table = table[table["language"] == COMPARISON_PIPELINE]
-    rows = table[(table["component"] == group) & ((table["requested_sparsity"] - sparsity).abs() < 1e-9)]
+    row = claims.row_at(table, group, sparsity)
     dense = table[table["spec"] == "dense"]
-    if rows.empty or dense.empty:
+    if row is None or dense.empty:
         return None
-    return {"method": group, **_measured(rows.iloc[0], dense.iloc[0]["wer"])}
+    return {"method": group, **_measured(row, dense.iloc[0]["wer"])}
 
 
 def _best_allocation(table: pd.DataFrame, target: float) -> dict | None:

@@ -153,3 +153,15 @@ def test_the_best_method_of_any_kind_is_judged_beside_the_sensitivity_aware_clai
     assert "(empirical)" in aware["sensitivity-aware 40% near baseline"].ours
     best = verdicts[claims.BEST_ANY]
     assert best.verdict == "replicated" and "(sparsegpt)" in best.ours and best.paper == "not claimed"
+
+
+def test_row_at_takes_only_the_level_asked_for():
+    import pandas as pd
+
+    from prunelib.claims import nearest_row, row_at
+
+    table = pd.DataFrame({"component": ["decoder FFN", "decoder FFN"], "requested_sparsity": [0.3, 0.7],
+                          "wer": [12.0, 40.0]})
+    assert row_at(table, "decoder FFN", 0.5) is None
+    assert row_at(table, "decoder FFN", 0.7)["wer"] == 40.0
+    assert nearest_row(table, "decoder FFN", 0.4)["requested_sparsity"] == 0.3  # 06 names the level it used
