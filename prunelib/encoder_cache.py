@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 BUDGET_ENV = "PRUNELIB_ENCODER_CACHE_GB"
+CROSS_BUDGET_ENV = "PRUNELIB_CROSS_KV_CACHE_GB"  # decoder cross-attention keys and values: 37 MB an utterance (base)
 
 
 class EncoderCache:
@@ -20,10 +21,13 @@ class EncoderCache:
     used go first. The key is the caller's (see evaluate.encoder_key).
     """
 
-    def __init__(self, max_bytes: int | None = None) -> None:
+    def __init__(self, max_bytes: int | None = None, evict: bool = True, budget_env: str = BUDGET_ENV) -> None:
         if max_bytes is None:
-            max_bytes = int(float(os.environ.get(BUDGET_ENV, "2")) * 2**30)
+            max_bytes = int(float(os.environ.get(budget_env, "2")) * 2**30)
         self.max_bytes = max_bytes
+        # Without eviction a full cache keeps what it has: a sweep that reads every utterance in the
+        # same order then hits on those, where LRU would evict each one just before it is needed.
+        self.evict = evict
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -55,6 +59,8 @@ class EncoderCache:
         key = (fingerprint, utterance_id)
         if key in self._store:
             return
+        if not self.evict and self.bytes + size > self.max_bytes:
+            return
         while self.bytes + size > self.max_bytes:
             _, old = self._store.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
@@ -83,6 +89,8 @@ class EncoderReuse:
     key: str
     prefix_layers: int = 0
     prefix_key: str | None = None
+    cross_cache: EncoderCache | None = None  # the decoder's cross-attention keys and values, per utterance
+    cross_key: str | None = None  # names the encoder outputs and the cross-attention k/v weights; None: no reuse
 
     def __post_init__(self) -> None:
         if self.prefix_layers < 0:

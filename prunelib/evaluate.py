@@ -74,9 +74,15 @@ def encoder_reuse(loaded: LoadedModel, spec, importance_name: str) -> EncoderReu
     shares them, whatever it does later in the encoder.
     """
     prefix_layers = dense_encoder_prefix(loaded, spec)
-    return EncoderReuse(cache=loaded.encoder_cache, key=encoder_key(loaded, spec, importance_name),
-                        prefix_layers=prefix_layers,
-                        prefix_key=f"{loaded.fingerprint}:entering-encoder-layer-{prefix_layers}")
+    key = encoder_key(loaded, spec, importance_name)
+    infos = {info.name: info for info in list_components(loaded.model)}
+    # The decoder's cross-attention keys and values follow from the encoder outputs and these weights alone.
+    cross_weights = [name for _, names in resolve(spec, loaded.model) for name in names
+                     if infos[name].kind == "cross_attn" and infos[name].sub in ("k", "v")]
+    cross_weights_key = results.cache_key(prune=str(spec), importance=importance_name) if cross_weights else "dense"
+    return EncoderReuse(cache=loaded.encoder_cache, key=key, prefix_layers=prefix_layers,
+                        prefix_key=f"{loaded.fingerprint}:entering-encoder-layer-{prefix_layers}",
+                        cross_cache=loaded.cross_cache, cross_key=f"{key}:cross-attention-kv-{cross_weights_key}")
 
 
 def _decoder_identity(loaded: LoadedModel) -> dict:

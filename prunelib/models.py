@@ -12,7 +12,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from prunelib import ct2, results
 from prunelib.attention import use_one_query_attention
-from prunelib.encoder_cache import EncoderCache
+from prunelib.encoder_cache import CROSS_BUDGET_ENV, EncoderCache
 from prunelib.hub import hub_endpoint, hub_reachable
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ class LoadedModel:
     source: str  # "local path ...", "hub", "hub cache", "offline package ..."
     fingerprint: str  # hash of the weights as loaded: cache keys change when they do (reload after prune_permanently)
     encoder_cache: EncoderCache = field(default_factory=EncoderCache, repr=False)  # dense encoder outputs
+    cross_cache: EncoderCache = field(default_factory=lambda: EncoderCache(evict=False, budget_env=CROSS_BUDGET_ENV),
+                                      repr=False)  # decoder cross-attention keys and values
 
     @property
     def is_multilingual(self) -> bool:

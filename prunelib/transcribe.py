@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import transformers
 from tqdm import tqdm
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -170,6 +171,43 @@ def encoder_outputs(loaded: LoadedModel, ids: list[str], features: torch.Tensor,
     return hidden
 
 
+def _cross_attention_kv(loaded: LoadedModel, hidden: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every decoder layer's cross-attention keys and values of `hidden`, computed as its attention does."""
+    rows = hidden.shape[0]
+    states = []
+    for layer in loaded.model.get_decoder().layers:
+        attention = layer.encoder_attn
+        shape = (rows, -1, attention.num_heads, attention.head_dim)
+        states.append((attention.k_proj(hidden).view(shape).transpose(1, 2).contiguous(),
+                       attention.v_proj(hidden).view(shape).transpose(1, 2).contiguous()))
+    return states
+
+
+def cross_attention_cache(loaded: LoadedModel, ids: list[str], hidden: torch.Tensor,
+                          reuse: EncoderReuse | None) -> EncoderDecoderCache | None:
+    """A generation cache holding the batch's cross-attention keys and values, reused where `reuse` allows.
+
+    They depend only on the encoder outputs and the cross-attention key/value weights, and cost
+    as much arithmetic as the rest of a short transcript's decoding; every configuration that
+    leaves both alike shares them. None when `reuse` names no key for them (generate computes them).
+    """
+    if reuse is None or reuse.cross_cache is None or reuse.cross_key is None:
+        return None
+    cache = reuse.cross_cache
+    stored = [cache.get(reuse.cross_key, utt_id) for utt_id in ids]
+    if all(row is not None for row in stored):
+        states = [(torch.stack([row[layer, 0] for row in stored]), torch.stack([row[layer, 1] for row in stored]))
+                  for layer in range(stored[0].shape[0])]
+    else:
+        states = _cross_attention_kv(loaded, hidden)
+        for index, utt_id in enumerate(ids):
+            cache.put(reuse.cross_key, utt_id, torch.stack([torch.stack([k[index], v[index]]) for k, v in states]))
+    cross = DynamicCache()
+    for layer, (keys, values) in enumerate(states):
+        cross.update(keys, values, layer)
+    return EncoderDecoderCache(DynamicCache(), cross)
+
+
 class PerRowTokenBudget(StoppingCriteria):
     """Stop each row of a batch once it has produced its own number of new tokens.
 
@@ -222,8 +260,11 @@ def _decode_short(loaded: LoadedModel, ids: list[str], arrays: list[np.ndarray],
     languages = _languages(loaded, kwargs, len(arrays), encoder_outputs=encoded)
     budgets = [decoding.token_budget(len(audio) / SAMPLE_RATE) for audio in arrays]
     extra = {}
+    cross = cross_attention_cache(loaded, ids, hidden, encoder_reuse)
+    if cross is not None:
+        extra["past_key_values"] = cross
     if budgets[0] is not None:
-        extra = {
+        extra |= {
             "max_new_tokens": max(budgets),
             "stopping_criteria": StoppingCriteriaList([PerRowTokenBudget(budgets)]),
         }

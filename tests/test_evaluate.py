@@ -433,3 +433,34 @@ def test_decoder_batches_larger_than_encoder_chunks_give_the_same_transcripts(ti
     assert [r["hypothesis"] for r in wide] == [r["hypothesis"] for r in narrow]
     with pytest.raises(ValueError, match="encoder_batch_size"):
         Decoding(encoder_batch_size=0)
+
+
+def test_cross_attention_keys_and_values_are_reused_exactly(tiny_en, librivox):
+    from prunelib.evaluate import encoder_reuse
+    from prunelib.pruning import pruned
+
+    utterances = librivox.utterances[:3]
+    decoding = Decoding(batch_size=3)
+    tiny_en.cross_cache.clear()
+    hits = tiny_en.cross_cache.hits
+    for spec in ("decoder.self_attn=0.5", "decoder.ffn=0.3"):  # both leave cross-attention's k/v dense: shared
+        with pruned(tiny_en.model, spec):
+            plain = transcribe(tiny_en, utterances, decoding, progress=False)
+            reused = transcribe(tiny_en, utterances, decoding, progress=False,
+                                encoder_reuse=encoder_reuse(tiny_en, spec, "magnitude"))
+        assert [r["hypothesis"] for r in reused] == [r["hypothesis"] for r in plain]
+    assert len(tiny_en.cross_cache) == 3 and tiny_en.cross_cache.hits == hits + 3
+    # Pruning the cross-attention's keys and values names other states.
+    assert encoder_reuse(tiny_en, "decoder.cross_attn=0.5", "magnitude").cross_key != \
+        encoder_reuse(tiny_en, "decoder.ffn=0.5", "magnitude").cross_key
+
+
+def test_a_cache_without_eviction_keeps_what_it_has():
+    import torch as _torch
+
+    from prunelib.encoder_cache import EncoderCache
+
+    cache = EncoderCache(max_bytes=2 * 4 * 10, evict=False)
+    for index in range(3):
+        cache.put("key", str(index), _torch.zeros(10))
+    assert len(cache) == 2 and cache.holds("key", "0") and not cache.holds("key", "2")
