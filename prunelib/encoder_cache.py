@@ -23,7 +23,11 @@ class EncoderCache:
 
     def __init__(self, max_bytes: int | None = None, evict: bool = True, budget_env: str = BUDGET_ENV) -> None:
         if max_bytes is None:
-            max_bytes = int(float(os.environ.get(budget_env, "2")) * 2**30)
+            value = os.environ.get(budget_env, "2")
+            try:
+                max_bytes = int(float(value) * 2**30)
+            except ValueError:
+                raise ValueError(f"{budget_env} must be a number of GiB (0: off), got {value!r}") from None
         self.max_bytes = max_bytes
         # Without eviction a full cache keeps what it has: a sweep that reads every utterance in the
         # same order then hits on those, where LRU would evict each one just before it is needed.
