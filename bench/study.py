@@ -46,6 +46,7 @@ SAMPLE = (
     ("03", "encoder late layers", 0.5),
     ("03", "encoder self-attn", 0.5),
     ("04", "global", 0.4),
+    ("04", "global+embed", 0.4),  # the paper's baseline, collapsed: the paper's way decodes it to 448 tokens
     ("04", "uniform", 0.3),
 )
 QUICK_SAMPLE = (("03", "decoder self-attn", 0.5), ("03", "encoder late layers", 0.3),
