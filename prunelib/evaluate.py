@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from prunelib import distributed, results, scoring
-from prunelib.components import list_components, num_layers
+from prunelib.components import TensorInfo, list_components, num_layers
 from prunelib.corpora import Corpus
 from prunelib.encoder_cache import EncoderReuse
 from prunelib.models import LoadedModel
@@ -35,15 +35,19 @@ class Evaluation:
     )  # the SparsityReport of the prune (None when read from cache)
 
 
+def _selected_tensors(loaded: LoadedModel, spec) -> list[TensorInfo]:
+    """Every tensor `spec` selects, with its stack, layer and kind."""
+    infos = {info.name: info for info in list_components(loaded.model)}
+    return [infos[name] for _, names in resolve(spec, loaded.model) for name in names]
+
+
 def dense_encoder_prefix(loaded: LoadedModel, spec) -> int:
     """How many leading encoder layers `spec` leaves dense, with the convolutional front-end.
 
     All of them when it leaves the encoder alone; 0 when it prunes the front-end, the final
     layer norm or layer 0.
     """
-    infos = {info.name: info for info in list_components(loaded.model)}
-    touched = [infos[name] for _, names in resolve(spec, loaded.model) for name in names
-               if infos[name].stack == "encoder"]
+    touched = [info for info in _selected_tensors(loaded, spec) if info.stack == "encoder"]
     if not touched:
         return num_layers(loaded.model)["encoder"]
     if any(info.layer is None for info in touched):
@@ -75,10 +79,9 @@ def encoder_reuse(loaded: LoadedModel, spec, importance_name: str) -> EncoderReu
     """
     prefix_layers = dense_encoder_prefix(loaded, spec)
     key = encoder_key(loaded, spec, importance_name)
-    infos = {info.name: info for info in list_components(loaded.model)}
     # The decoder's cross-attention keys and values follow from the encoder outputs and these weights alone.
-    cross_weights = [name for _, names in resolve(spec, loaded.model) for name in names
-                     if infos[name].kind == "cross_attn" and infos[name].sub in ("k", "v")]
+    cross_weights = [info for info in _selected_tensors(loaded, spec) if info.kind == "cross_attn"
+                     and info.sub in ("k", "v")]
     cross_weights_key = results.cache_key(prune=str(spec), importance=importance_name) if cross_weights else "dense"
     return EncoderReuse(cache=loaded.encoder_cache, key=key, prefix_layers=prefix_layers,
                         prefix_key=f"{loaded.fingerprint}:entering-encoder-layer-{prefix_layers}",
