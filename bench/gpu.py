@@ -19,6 +19,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import floors  # noqa: E402
 from run import REPO, common_arguments, faster_whisper_dir, machine, run_faster_whisper  # noqa: E402
 
 from prunelib import allocation, scoring  # noqa: E402
@@ -31,16 +32,14 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def timed(run, repeats: int = 2) -> tuple[object, float]:
-    """The result of `run` and the fastest of `repeats` synchronised wall times, after one warm-up."""
-    result = run()
-    best = float("inf")
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        result = run()
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return result, best
+    """The result of `run` and floors.best_seconds of it (one warm-up, fastest of `repeats`, synchronised)."""
+    kept = {}
+
+    def call() -> None:
+        kept["result"] = run()
+
+    seconds = floors.best_seconds(call, repeats, "cuda")
+    return kept["result"], seconds
 
 
 def main(argv: list[str] | None = None) -> int:
