@@ -34,13 +34,12 @@ smoke-base: install $(BASE_FOLDER)/config.json
 	$(PY) -m prunelib notebooks --profile smoke-base --only 03
 
 nbval: install smoke-base
-	$(PY) -m pytest -q --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg notebooks
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
 
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
-	$(MAKE) smoke-base
-	$(PY) -m pytest -q --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg notebooks
+	$(MAKE) nbval
 
 smoke: install
 	$(PY) -m prunelib notebooks --profile smoke
