@@ -1,6 +1,7 @@
 """Evaluate a (possibly pruned) model on a corpus, with a resumable per-utterance cache."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -88,6 +89,15 @@ def encoder_reuse(loaded: LoadedModel, spec, importance_name: str) -> EncoderReu
                         cross_cache=loaded.cross_cache, cross_key=f"{key}:cross-attention-kv-{cross_weights_key}")
 
 
+@functools.lru_cache(maxsize=8)
+def _vocabulary_key(tokenizer, size: int) -> str:
+    """The vocabulary's hash, once per tokenizer and size: hashing 51,865 entries takes a few tenths of a second.
+
+    `size` is in the arguments so that a tokenizer given new tokens (its only way to change) is hashed again.
+    """
+    return results.cache_key(vocabulary=tokenizer.get_vocab())
+
+
 def _decoder_identity(loaded: LoadedModel) -> dict:
     """What besides the weights turns audio into text: generation and feature settings, vocabulary, dtype,
     attention path, device."""
@@ -96,7 +106,7 @@ def _decoder_identity(loaded: LoadedModel) -> dict:
     return {
         "generation": results.cache_key(text=loaded.model.generation_config.to_json_string(use_diff=False)),
         "features": results.cache_key(text=loaded.processor.feature_extractor.to_json_string()),
-        "vocabulary": results.cache_key(vocabulary=tokenizer.get_vocab()),
+        "vocabulary": _vocabulary_key(tokenizer, len(tokenizer)),
         "dtype": str(parameter.dtype),
         "attention": loaded.model.config._attn_implementation,
         "device": parameter.device.type,

@@ -1,6 +1,7 @@
 """Transcription, the resumable evaluation cache, and the command line, on real speech."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import shutil
@@ -189,6 +190,11 @@ def test_every_setting_that_changes_a_transcript_is_in_the_key(tiny_en, librivox
     finally:
         tiny_en.model.generation_config = saved
     assert key(tiny_en, librivox, Decoding(), "dense", "magnitude") == base
+    # The vocabulary's hash is kept per tokenizer; one given a new token is hashed again.
+    extended = dataclasses.replace(tiny_en, processor=copy.deepcopy(tiny_en.processor))
+    assert key(extended, librivox, Decoding(), "dense", "magnitude") == base
+    extended.processor.tokenizer.add_tokens(["prunelibtesttoken"])
+    assert key(extended, librivox, Decoding(), "dense", "magnitude") != base
 
 
 def test_collapsed_prune_transcripts_do_not_depend_on_the_batch(tiny_en, shared_data):
