@@ -9,7 +9,7 @@ export PRUNELIB_DATA ?= $(abspath ../shared/data)
 # whisper-base saved as a plain folder: the smoke-base profile loads it as a user's own model folder.
 BASE_FOLDER := build/whisper-base
 
-.PHONY: install lint test unit nbval smoke-base reproduce smoke clean-results
+.PHONY: install lint test unit nbval smoke-base reproduce smoke book browser clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,10 +36,21 @@ smoke-base: install $(BASE_FOLDER)/config.json
 nbval: install smoke-base
 	$(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
 
-test: install
+# The book's browser test drives Debian's Chromium; without it (no apt-get, no root) that test is skipped.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+browser:
+	command -v chromium >/dev/null 2>&1 || $(SUDO) apt-get install -y -q chromium \
+	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium) \
+	  || echo "chromium could not be installed: the book's browser test will be skipped"
+
+test: install browser
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 	$(MAKE) nbval
+
+# The HTML book of the committed executed notebooks (executes nothing): open build/book/index.html.
+book: install
+	$(PY) -m prunelib book --out build/book
 
 smoke: install
 	$(PY) -m prunelib notebooks --profile smoke

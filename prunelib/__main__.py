@@ -1,4 +1,4 @@
-"""Command line: `python -m prunelib eval|notebooks|sensitivity|export|save ...`."""
+"""Command line: `python -m prunelib eval|notebooks|book|sensitivity|export|save ...`."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ import time
 from prunelib import distributed
 from prunelib.allocation import ALLOCATORS, NEEDS_CALIBRATION
 from prunelib.audio import AudioError
+from prunelib.book import BookError
 from prunelib.corpora import CorpusError
 from prunelib.notebooks import ProfileRequirementError
 
@@ -46,6 +47,14 @@ def _notebooks(args: argparse.Namespace) -> dict:
 
     executed = run_notebooks(args.profile, only=args.only, kernel=args.kernel)
     return {"profile": args.profile, "executed": [str(path) for path in executed]}
+
+
+def _book(args: argparse.Namespace) -> dict:
+    """Build the static HTML book from the committed executed notebooks."""
+    from prunelib.book import build_book
+
+    pages = build_book(args.out)
+    return {"book": str(pages[0]), "pages": len(pages)}
 
 
 def _sensitivity(args: argparse.Namespace) -> dict:
@@ -155,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--kernel", default=None, help="Jupyter kernel name (default: this Python)")
     nb.set_defaults(run=_notebooks)
 
+    bk = sub.add_parser("book", help="build the HTML book of executed/default*/ (executes nothing)")
+    bk.add_argument("--out", default="build/book", help="folder to write the site into (default: build/book)")
+    bk.set_defaults(run=_book)
+
     se = sub.add_parser("sensitivity", help="gradient / Fisher / Taylor / OBD scores per component, as CSV")
     se.add_argument("--model", required=True, help="hub id (openai/whisper-base) or local folder")
     se.add_argument("--dataset", required=True, help="calibration corpus NAME:SPLIT")
@@ -202,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         result = args.run(args)
-    except (CorpusError, AudioError, OSError, ValueError, ProfileRequirementError) as err:
+    except (CorpusError, AudioError, OSError, ValueError, ProfileRequirementError, BookError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     # Sharded runs merged their results already: rank 0 alone prints them.

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from prunelib import sparsegpt as sgpt
 from prunelib.calibration import Example, calibration_examples, label_texts

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from prunelib.calibration import Example, example_loss
 

@@ -17,8 +17,11 @@ from prunelib.calibration import LABELS
 from prunelib.corpora import DATA_ENV, parse_corpus_name
 from prunelib.handoff import summary_folder
 from prunelib.paths import project_root
+from prunelib.publish import publish_notebook
 
 log = logging.getLogger(__name__)
+
+RUNNING = "running"  # executed/<profile>/running/: notebooks papermill is writing (git-ignored)
 
 
 def load_profile(profile: str) -> dict:
@@ -65,19 +68,25 @@ def run_notebooks(profile: str, only: list[str] | None = None, kernel: str | Non
     profile_data = load_profile(profile)
     check_requirements(profile, profile_data.get("requires") or {})
     out_dir = project_root() / "executed" / profile
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # papermill saves after every cell: a run in progress (or one that failed) stays in running/,
+    # and the last complete notebook in out_dir is replaced only once the new one has finished.
+    running = out_dir / RUNNING
+    running.mkdir(parents=True, exist_ok=True)
     executed = []
     for notebook in notebook_paths(only):
         parameters = parameters_for(notebook, profile, profile_data)
-        output = out_dir / notebook.name
+        in_progress = running / notebook.name
         log.info("running %s with %s", notebook.name, parameters)
         started = time.perf_counter()
         papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
+            str(notebook), str(in_progress), parameters=parameters, cwd=str(notebook.parent),
             kernel_name=kernel or "python3", progress_bar=True, log_output=False,
         )
         log.info("%s finished in %s", notebook.name, _duration(time.perf_counter() - started))
-        executed.append(output)
+        executed.append(publish_notebook(in_progress, out_dir / notebook.name))
+        in_progress.unlink()
+    if not any(running.iterdir()):
+        running.rmdir()
     return executed
 
 

@@ -86,12 +86,16 @@ def read_jsonl(path: str | os.PathLike, drop_truncated_last_line: bool = False) 
     return records
 
 
-def write_json_atomic(path: str | os.PathLike, obj: object) -> Path:
-    """Write one JSON document (indented, trailing newline), replacing `path` atomically."""
-    text = json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write text, replacing `path` atomically."""
     with _atomic_open(path) as handle:
         handle.write(text)
     return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: object) -> Path:
+    """Write one JSON document (indented, trailing newline), replacing `path` atomically."""
+    return write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
 def write_csv_atomic(path: str | os.PathLike, dataframe: pd.DataFrame, index: bool = False) -> Path:

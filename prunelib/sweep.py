@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from prunelib import handoff, results
 from prunelib.allocation import Allocation, component_sparsity, reached_sparsity

@@ -1,0 +1,97 @@
+"""Make an executed notebook fit to commit: no paths of this machine, no run-time noise, no widget state."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import nbformat
+
+from prunelib.corpora import DATA_ENV
+from prunelib.paths import project_root
+from prunelib.results import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# A repository browser renders notebooks up to a few MB; the study's are a few hundred kB.
+SIZE_LIMIT_BYTES = 2_000_000
+# Per-cell clocks change on every run and say nothing about the study.
+_RUN_CLOCKS = ("execution", "papermill")
+_NOTEBOOK_CLOCKS = ("start_time", "end_time")
+
+
+def machine_paths() -> dict[str, str]:
+    """This machine's absolute paths and the placeholders that replace them, longest first."""
+    root = project_root()
+    paths = {str(root): "<repo>", str(root.parent): "<repo>/..", str(Path.home()): "~"}
+    if os.environ.get(DATA_ENV):
+        paths[str(Path(os.environ[DATA_ENV]).resolve())] = f"${DATA_ENV}"
+    return dict(sorted(((p, name) for p, name in paths.items() if p != "/"), key=lambda item: -len(item[0])))
+
+
+def _replace_paths(value: object, paths: dict[str, str]) -> object:
+    """`value` with every machine path in its strings replaced, recursing into lists and dicts."""
+    if isinstance(value, str):
+        for path, placeholder in paths.items():
+            # Whole path components only: /work must not match inside /workspace.
+            value = re.sub(re.escape(path) + r"(?![\w.-])", lambda _, text=placeholder: text, value)
+        return value
+    if isinstance(value, list):
+        return [_replace_paths(item, paths) for item in value]
+    if isinstance(value, dict):
+        return type(value)((key, _replace_paths(item, paths)) for key, item in value.items())
+    return value
+
+
+def _terminal_text(text: str) -> str:
+    """What a terminal would show: in each line, only what follows its last carriage return."""
+    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+    return "\n".join(line for index, line in enumerate(lines) if line or index == len(lines) - 1)
+
+
+def _clean_outputs(outputs: list) -> list:
+    """Drop progress widgets, merge consecutive streams of one name, collapse progress-bar redraws."""
+    cleaned: list = []
+    for output in outputs:
+        if output.get("output_type") in ("display_data", "execute_result") and WIDGET_VIEW in output.get("data", {}):
+            continue
+        if output.get("output_type") == "stream":
+            if cleaned and cleaned[-1].get("output_type") == "stream" and cleaned[-1]["name"] == output["name"]:
+                cleaned[-1]["text"] += output["text"]
+                continue
+            output = nbformat.from_dict({**output, "text": output["text"]})
+        cleaned.append(output)
+    for output in cleaned:
+        if output.get("output_type") == "stream":
+            output["text"] = _terminal_text(output["text"])
+    return [output for output in cleaned if output.get("output_type") != "stream" or output["text"].strip()]
+
+
+def clean_notebook(notebook: nbformat.NotebookNode, paths: dict[str, str] | None = None) -> nbformat.NotebookNode:
+    """A copy of an executed notebook without machine paths, per-cell clocks, widgets or progress redraws."""
+    notebook = nbformat.from_dict(_replace_paths(notebook, machine_paths() if paths is None else paths))
+    notebook.metadata.pop("widgets", None)
+    for name in _NOTEBOOK_CLOCKS:
+        notebook.metadata.get("papermill", {}).pop(name, None)
+    for cell in notebook.cells:
+        for name in _RUN_CLOCKS:
+            cell.metadata.pop(name, None)
+        if cell.cell_type == "code":
+            cell.outputs = _clean_outputs(cell.outputs)
+    return notebook
+
+
+def publish_notebook(executed: Path, destination: Path) -> Path:
+    """Write a cleaned copy of `executed` to `destination` atomically; warn when it is too big to browse."""
+    paths = machine_paths()
+    notebook = clean_notebook(nbformat.read(executed, as_version=4), paths)
+    if "papermill" in notebook.metadata:
+        notebook.metadata.papermill["output_path"] = _replace_paths(str(Path(destination).resolve()), paths)
+    text = nbformat.writes(notebook) + "\n"
+    size = len(text.encode())
+    if size > SIZE_LIMIT_BYTES:
+        log.warning("%s is %.1f MB, over the %.1f MB a repository browser renders well",
+                    destination, size / 1e6, SIZE_LIMIT_BYTES / 1e6)
+    return write_text_atomic(destination, text)

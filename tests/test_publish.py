@@ -1,0 +1,99 @@
+"""Executed notebooks as committed: no machine paths, clocks, widgets or progress redraws; the last good run kept."""
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from prunelib import notebooks, publish
+
+PATHS = {"/home/alice/prunelib": "<repo>", "/home/alice": "<repo>/.."}
+
+
+def executed_notebook() -> nbformat.NotebookNode:
+    """A notebook as papermill leaves it: clocks, a progress widget, redrawn bars, machine paths."""
+    cell = nbformat.v4.new_code_cell("run()")
+    cell.metadata["papermill"] = {"duration": 1.5, "start_time": "2026-12-01T00:00:00", "status": "completed"}
+    cell.metadata["execution"] = {"iopub.status.busy": "2026-12-01T00:00:00Z"}
+    cell.metadata["tags"] = ["keep"]
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", data={
+            publish.WIDGET_VIEW: {"model_id": "abc", "version_major": 2, "version_minor": 0},
+            "text/plain": "  0%|          | 0/5"}),
+        nbformat.v4.new_output("stream", name="stderr", text="\r  0%|  | 0/2"),
+        nbformat.v4.new_output("stream", name="stderr", text="\r 50%|# | 1/2\r100%|##| 2/2\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="read /home/alice/prunelib/results/x.csv\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="data in /home/alice/data, not /home/alicey\n"),
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    notebook.metadata["papermill"] = {"start_time": "t0", "end_time": "t1", "duration": 12.0,
+                                      "input_path": "/home/alice/prunelib/notebooks/01.ipynb"}
+    return notebook
+
+
+def test_clean_notebook_drops_run_time_noise_and_machine_paths():
+    cleaned = publish.clean_notebook(executed_notebook(), PATHS)
+    cell = cleaned.cells[0]
+    assert set(cell.metadata) == {"tags"}
+    assert "widgets" not in cleaned.metadata
+    assert cleaned.metadata.papermill == {"duration": 12.0, "input_path": "<repo>/notebooks/01.ipynb"}
+    assert [output["output_type"] for output in cell.outputs] == ["stream", "stream"]
+    assert cell.outputs[0] == {"output_type": "stream", "name": "stderr", "text": "100%|##| 2/2\n"}
+    # Whole path components only: /home/alicey is another user's folder.
+    assert cell.outputs[1]["text"] == "read <repo>/results/x.csv\ndata in <repo>/../data, not /home/alicey\n"
+    nbformat.validate(cleaned)
+
+
+def test_clean_notebook_leaves_the_executed_notebook_alone():
+    notebook = executed_notebook()
+    publish.clean_notebook(notebook, PATHS)
+    assert "widgets" in notebook.metadata and len(notebook.cells[0].outputs) == 5
+
+
+def test_publish_notebook_writes_a_valid_notebook_with_the_final_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(publish, "project_root", lambda: tmp_path)
+    executed = tmp_path / "executed" / "p" / "running" / "01.ipynb"
+    executed.parent.mkdir(parents=True)
+    notebook = executed_notebook()
+    notebook.metadata.papermill["output_path"] = str(executed)
+    nbformat.write(notebook, executed)
+    written = publish.publish_notebook(executed, tmp_path / "executed" / "p" / "01.ipynb")
+    result = nbformat.read(written, as_version=4)
+    assert result.metadata.papermill["output_path"] == "<repo>/executed/p/01.ipynb"
+    assert str(tmp_path) not in written.read_text()
+
+
+def test_a_failed_run_keeps_the_last_complete_notebook(tmp_path, monkeypatch):
+    """papermill writes into running/; the committed notebook is replaced only after a run finishes."""
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "p.yaml").write_text("shared: {}\n")
+    parameters = nbformat.v4.new_code_cell("profile = 'x'", metadata={"tags": ["parameters"]})
+    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source = nbformat.v4.new_notebook(cells=[parameters], metadata={"kernelspec": kernel})
+    nbformat.write(source, tmp_path / "notebooks" / "01_a.ipynb")
+    committed = tmp_path / "executed" / "p" / "01_a.ipynb"
+    committed.parent.mkdir(parents=True)
+    committed.write_text("the last complete run\n")
+    monkeypatch.setattr(notebooks, "project_root", lambda: tmp_path)
+    monkeypatch.setattr(notebooks, "check_requirements", lambda profile, requires: None)
+
+    def failing_run(source, output, **kwargs):
+        nbformat.write(nbformat.v4.new_notebook(), output)
+        raise RuntimeError("cell 3 failed")
+
+    import papermill
+    monkeypatch.setattr(papermill, "execute_notebook", failing_run)
+    with pytest.raises(RuntimeError, match="cell 3"):
+        notebooks.run_notebooks("p")
+    assert committed.read_text() == "the last complete run\n"
+    assert (committed.parent / notebooks.RUNNING / "01_a.ipynb").exists()
+
+    def good_run(source, output, **kwargs):
+        nbformat.write(executed_notebook(), output)
+
+    monkeypatch.setattr(papermill, "execute_notebook", good_run)
+    monkeypatch.setattr(publish, "project_root", lambda: tmp_path)
+    assert notebooks.run_notebooks("p") == [committed]
+    assert "widgets" not in nbformat.read(committed, as_version=4).metadata
+    assert not (committed.parent / notebooks.RUNNING).exists()
