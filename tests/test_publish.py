@@ -1,6 +1,9 @@
 """Executed notebooks as committed: no machine paths, clocks, widgets or progress redraws; the last good run kept."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import nbformat
 import pytest
 
@@ -97,3 +100,23 @@ def test_a_failed_run_keeps_the_last_complete_notebook(tmp_path, monkeypatch):
     assert notebooks.run_notebooks("p") == [committed]
     assert "widgets" not in nbformat.read(committed, as_version=4).metadata
     assert not (committed.parent / notebooks.RUNNING).exists()
+
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = sorted((REPO / "executed").glob("default*/[0-9][0-9]_*.ipynb"))
+# Absolute paths that would name a user or a machine; <repo>, ~ and $PRUNELIB_DATA replace them.
+PRIVATE_PATH = re.compile(r"(?<![\w.<>~$-])/(?:home|Users|root|work|tmp|mnt|scratch)/")
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[f"{p.parent.name}/{p.name}" for p in COMMITTED])
+def test_committed_executed_notebooks_are_complete_clean_and_small(path):
+    text = path.read_text(encoding="utf-8")
+    assert len(text.encode()) < publish.SIZE_LIMIT_BYTES
+    notebook = nbformat.reads(text, as_version=4)
+    nbformat.validate(notebook)
+    assert notebook.metadata.papermill["exception"] is None
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(cell.execution_count is not None for cell in code), "a cell did not run"
+    assert not any(output.get("output_type") == "error" for cell in code for output in cell.outputs)
+    assert "widgets" not in notebook.metadata and publish.WIDGET_VIEW not in text
+    assert not PRIVATE_PATH.search(text) and not any(p in text for p in publish.machine_paths())
