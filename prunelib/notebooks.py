@@ -17,7 +17,6 @@ from prunelib.calibration import LABELS
 from prunelib.corpora import DATA_ENV, parse_corpus_name
 from prunelib.handoff import summary_folder
 from prunelib.paths import project_root
-from prunelib.publish import publish_notebook
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +63,8 @@ def parameters_for(notebook: Path, profile: str, profile_data: dict) -> dict:
 def run_notebooks(profile: str, only: list[str] | None = None, kernel: str | None = None) -> list[Path]:
     """Execute the numbered notebooks in order into executed/<profile>/ with papermill."""
     import papermill
+
+    from prunelib.publish import publish_notebook  # nbformat's schema checks take seconds to import
 
     profile_data = load_profile(profile)
     check_requirements(profile, profile_data.get("requires") or {})
