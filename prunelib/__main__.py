@@ -10,7 +10,6 @@ import time
 from prunelib import distributed
 from prunelib.allocation import ALLOCATORS, NEEDS_CALIBRATION
 from prunelib.audio import AudioError
-from prunelib.book import BookError
 from prunelib.corpora import CorpusError
 from prunelib.notebooks import ProfileRequirementError
 
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         result = args.run(args)
-    except (CorpusError, AudioError, OSError, ValueError, ProfileRequirementError, BookError) as err:
+    except (CorpusError, AudioError, OSError, ValueError, ProfileRequirementError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     # Sharded runs merged their results already: rank 0 alone prints them.

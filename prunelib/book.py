@@ -104,7 +104,7 @@ class Page:
     source: Path
 
 
-class BookError(RuntimeError):
+class BookError(ValueError):
     """The book cannot be built from what is on disk."""
 
 
