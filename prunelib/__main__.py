@@ -1,4 +1,4 @@
-"""Command line: `python -m prunelib eval|notebooks|book|sensitivity|export|save ...`."""
+"""Command line: `python -m prunelib eval|notebooks|book|report|sensitivity|export|save ...`."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,7 @@ from prunelib.allocation import ALLOCATORS, NEEDS_CALIBRATION
 from prunelib.audio import AudioError
 from prunelib.corpora import CorpusError
 from prunelib.notebooks import ProfileRequirementError
+from prunelib.paths import project_root
 
 
 def _eval(args: argparse.Namespace) -> dict:
@@ -54,6 +55,17 @@ def _book(args: argparse.Namespace) -> dict:
 
     pages = build_book(args.out)
     return {"book": str(pages[0]), "pages": len(pages)}
+
+
+def _report(args: argparse.Namespace) -> dict:
+    """Re-render the README's results tables from a profile's summary tables (or only check them)."""
+    from prunelib.report import update_readme
+
+    changed = update_readme(args.readme, profile=args.profile, write=not args.check)
+    if args.check and changed:
+        raise ValueError(f"{args.readme}: tables {', '.join(changed)} differ from results/{args.profile}/summary/; "
+                         "run `python -m prunelib report` to rewrite them")
+    return {"readme": str(args.readme), "profile": args.profile, "changed": changed, "written": not args.check}
 
 
 def _sensitivity(args: argparse.Namespace) -> dict:
@@ -166,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     bk = sub.add_parser("book", help="build the HTML book of executed/default*/ (executes nothing)")
     bk.add_argument("--out", default="build/book", help="folder to write the site into (default: build/book)")
     bk.set_defaults(run=_book)
+
+    rp = sub.add_parser("report", help="rewrite the README's results tables from a profile's summary tables")
+    rp.add_argument("--profile", default="default", help="whose results/<profile>/summary/ to read (default: default)")
+    rp.add_argument("--readme", default=str(project_root() / "README.md"), help="the file whose tables to rewrite")
+    rp.add_argument("--check", action="store_true", help="change nothing; exit 2 if a table is out of date")
+    rp.set_defaults(run=_report)
 
     se = sub.add_parser("sensitivity", help="gradient / Fisher / Taylor / OBD scores per component, as CSV")
     se.add_argument("--model", required=True, help="hub id (openai/whisper-base) or local folder")

@@ -121,7 +121,7 @@ def ablation(table: pd.DataFrame) -> list[str]:
 # ---- 04 ------------------------------------------------------------------------------------
 
 
-def _crossing_text(value: float | None, first_point: float) -> str:
+def crossing_text(value: float | None, first_point: float) -> str:
     """A crossing point as text; between 0 and the first grid point the interpolation says nothing measured."""
     if value is None or pd.isna(value):
         return "beyond the grid"
@@ -157,8 +157,8 @@ def allocations(table: pd.DataFrame, at_target: pd.DataFrame, crossings: pd.Data
     first_point = claims.matched_rows(table)["sparsity_linear"].min()
     lines.append("- Sparsity (over linear weights) where the WER change first reaches +1 / +5 points "
                  "(linear interpolation):")
-    lines += [f"    {entry['allocator']:22s} +1: {_crossing_text(entry['+1 point at'], first_point)}   "
-              f"+5: {_crossing_text(entry['+5 points at'], first_point)}" for entry in crossings.to_dict("records")]
+    lines += [f"    {entry['allocator']:22s} +1: {crossing_text(entry['+1 point at'], first_point)}   "
+              f"+5: {crossing_text(entry['+5 points at'], first_point)}" for entry in crossings.to_dict("records")]
     return lines
 
 
