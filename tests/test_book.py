@@ -174,6 +174,17 @@ def assert_reads_well(seen: dict, pages: list[Path]) -> None:
     assert seen["broken_images"] == [] and seen["broken_links"] == []
 
 
+def expected_images(root: Path) -> int:
+    """Figures the book should show: the README's images and every image output of the executed notebooks."""
+    count = (root / "README.md").read_text().count("![")
+    for profile, _ in book.PARTS:
+        for path in (root / "executed" / profile).glob("[0-9][0-9]_*.ipynb"):
+            cells = nbformat.read(path, as_version=4).cells
+            count += sum(any(kind.startswith("image/") for kind in output.get("data", {}))
+                         for cell in cells if cell.cell_type == "code" for output in cell.outputs)
+    return count
+
+
 browser_test = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make test installs Debian's)")
 
 
@@ -182,7 +193,7 @@ def test_book_in_chromium(project, tmp_path):
     pages = book.build_book(tmp_path / "site", root=project)
     seen = browse(tmp_path / "site")
     assert_reads_well(seen, pages)
-    assert seen["images"] >= 1 + 3  # the README's figure and one output figure a chapter
+    assert seen["images"] == expected_images(project) == 1 + 3  # the README's figure and one output figure a chapter
     assert seen["math"] >= 3  # MathJax from the book's own copy typeset every chapter's formula
 
 
@@ -195,4 +206,4 @@ def test_the_committed_study_in_chromium(tmp_path):
     screenshots = os.environ.get(SCREENSHOTS_ENV)
     seen = browse(tmp_path / "site", Path(screenshots) if screenshots else None)
     assert_reads_well(seen, pages)
-    assert seen["images"] >= len(pages) - 1
+    assert seen["images"] == expected_images(REPO), "a figure of a notebook or of the README is not in the book"
