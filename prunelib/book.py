@@ -81,7 +81,8 @@ body.book-page { margin: 0; }
 .book-nav ol { margin: 0; padding-left: 1.4rem; }
 .book-nav li { margin: .25rem 0; }
 .book-nav .current { font-weight: 600; color: #000; }
-.book-main { margin-left: 17rem; padding: 1rem 2rem 3rem; max-width: 72rem; }
+.book-main { margin-left: 17rem; padding: 1rem 2rem 3rem; max-width: 80rem; }
+.book-main .jp-InputArea-editor, .book-main .jp-OutputArea-output { overflow-x: auto; }
 .book-front { font: 16px/1.55 system-ui, sans-serif; }
 .book-front table { border-collapse: collapse; margin: 1rem 0; font-size: 14px; }
 .book-front th, .book-front td { border: 1px solid #ccc; padding: .25rem .5rem; }

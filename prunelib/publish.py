@@ -1,6 +1,7 @@
 """Make an executed notebook fit to commit: no paths of this machine, no run-time noise, no widget state."""
 from __future__ import annotations
 
+import html
 import logging
 import os
 import re
@@ -51,12 +52,33 @@ def _terminal_text(text: str) -> str:
     return "\n".join(line for index, line in enumerate(lines) if line or index == len(lines) - 1)
 
 
-def _clean_outputs(outputs: list) -> list:
-    """Drop progress widgets, merge consecutive streams of one name, collapse progress-bar redraws."""
+def _progress_text(output: dict, widget_state: dict) -> str | None:
+    """A tqdm progress widget's final state as the line tqdm prints in a terminal; None for other widgets."""
+    model = widget_state.get(output["data"][WIDGET_VIEW].get("model_id"), {})
+    if model.get("model_name") != "HBoxModel":
+        return None
+    children = [widget_state.get(ref.removeprefix("IPY_MODEL_"), {}) for ref in model["state"].get("children", [])]
+    if [child.get("model_name") for child in children] != ["HTMLModel", "FloatProgressModel", "HTMLModel"]:
+        return None
+    left, bar, right = (child["state"] for child in children)
+    fraction = min(max(bar.get("value", 0) / bar["max"], 0), 1) if bar.get("max") else 0
+    filled = round(10 * fraction)
+
+    def text(part: dict) -> str:
+        return html.unescape(part.get("value", "")).replace("\u2007", " ")  # tqdm pads with figure spaces
+
+    return f"{text(left)}|{'█' * filled}{' ' * (10 - filled)}|{text(right)}\n"
+
+
+def _clean_outputs(outputs: list, widget_state: dict) -> list:
+    """Progress widgets as their final line, consecutive streams of one name merged, progress redraws collapsed."""
     cleaned: list = []
     for output in outputs:
         if output.get("output_type") in ("display_data", "execute_result") and WIDGET_VIEW in output.get("data", {}):
-            continue
+            line = _progress_text(output, widget_state)
+            if line is None:
+                continue
+            output = nbformat.v4.new_output("stream", name="stderr", text=line)
         if output.get("output_type") == "stream":
             if cleaned and cleaned[-1].get("output_type") == "stream" and cleaned[-1]["name"] == output["name"]:
                 cleaned[-1]["text"] += output["text"]
@@ -70,16 +92,17 @@ def _clean_outputs(outputs: list) -> list:
 
 
 def clean_notebook(notebook: nbformat.NotebookNode, paths: dict[str, str] | None = None) -> nbformat.NotebookNode:
-    """A copy of an executed notebook without machine paths, per-cell clocks, widgets or progress redraws."""
+    """A copy of an executed notebook without machine paths, per-cell clocks, widget state or progress redraws."""
     notebook = nbformat.from_dict(_replace_paths(notebook, machine_paths() if paths is None else paths))
-    notebook.metadata.pop("widgets", None)
+    widgets = notebook.metadata.pop("widgets", {})
+    widget_state = widgets.get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     for name in _NOTEBOOK_CLOCKS:
         notebook.metadata.get("papermill", {}).pop(name, None)
     for cell in notebook.cells:
         for name in _RUN_CLOCKS:
             cell.metadata.pop(name, None)
         if cell.cell_type == "code":
-            cell.outputs = _clean_outputs(cell.outputs)
+            cell.outputs = _clean_outputs(cell.outputs, widget_state)
     return notebook
 
 

@@ -20,15 +20,26 @@ def executed_notebook() -> nbformat.NotebookNode:
     cell.metadata["tags"] = ["keep"]
     cell.outputs = [
         nbformat.v4.new_output("display_data", data={
-            publish.WIDGET_VIEW: {"model_id": "abc", "version_major": 2, "version_minor": 0},
-            "text/plain": "  0%|          | 0/5"}),
+            publish.WIDGET_VIEW: {"model_id": "bar", "version_major": 2, "version_minor": 0},
+            "text/plain": "  0%|          | 0/4"}),
+        nbformat.v4.new_output("display_data", data={
+            publish.WIDGET_VIEW: {"model_id": "slider", "version_major": 2, "version_minor": 0},
+            "text/plain": "IntSlider(value=3)"}),
         nbformat.v4.new_output("stream", name="stderr", text="\r  0%|  | 0/2"),
         nbformat.v4.new_output("stream", name="stderr", text="\r 50%|# | 1/2\r100%|##| 2/2\n"),
         nbformat.v4.new_output("stream", name="stdout", text="read /home/alice/prunelib/results/x.csv\n"),
         nbformat.v4.new_output("stream", name="stdout", text="data in /home/alice/data, not /home/alicey\n"),
     ]
     notebook = nbformat.v4.new_notebook(cells=[cell])
-    notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    # tqdm's widget as nbclient saves it at the end of the run: an HBox of text, bar, text.
+    state = {
+        "bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_l", "IPY_MODEL_p", "IPY_MODEL_r"]}},
+        "l": {"model_name": "HTMLModel", "state": {"value": "sweep (en):\u2007 50%"}},
+        "p": {"model_name": "FloatProgressModel", "state": {"value": 2.0, "max": 4.0}},
+        "r": {"model_name": "HTMLModel", "state": {"value": "\u20072/4\u2007[00:03&lt;00:03]"}},
+        "slider": {"model_name": "IntSliderModel", "state": {"value": 3}},
+    }
+    notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": state}}
     notebook.metadata["papermill"] = {"start_time": "t0", "end_time": "t1", "duration": 12.0,
                                       "input_path": "/home/alice/prunelib/notebooks/01.ipynb"}
     return notebook
@@ -40,8 +51,10 @@ def test_clean_notebook_drops_run_time_noise_and_machine_paths():
     assert set(cell.metadata) == {"tags"}
     assert "widgets" not in cleaned.metadata
     assert cleaned.metadata.papermill == {"duration": 12.0, "input_path": "<repo>/notebooks/01.ipynb"}
+    # The progress widget becomes its final line (tqdm's own text); a widget of another kind is dropped.
     assert [output["output_type"] for output in cell.outputs] == ["stream", "stream"]
-    assert cell.outputs[0] == {"output_type": "stream", "name": "stderr", "text": "100%|##| 2/2\n"}
+    assert cell.outputs[0] == {"output_type": "stream", "name": "stderr",
+                               "text": "sweep (en):  50%|█████     | 2/4 [00:03<00:03]\n100%|##| 2/2\n"}
     # Whole path components only: /home/alicey is another user's folder.
     assert cell.outputs[1]["text"] == "read <repo>/results/x.csv\ndata in <repo>/../data, not /home/alicey\n"
     nbformat.validate(cleaned)
@@ -50,7 +63,7 @@ def test_clean_notebook_drops_run_time_noise_and_machine_paths():
 def test_clean_notebook_leaves_the_executed_notebook_alone():
     notebook = executed_notebook()
     publish.clean_notebook(notebook, PATHS)
-    assert "widgets" in notebook.metadata and len(notebook.cells[0].outputs) == 5
+    assert "widgets" in notebook.metadata and len(notebook.cells[0].outputs) == 6
 
 
 def test_publish_notebook_writes_a_valid_notebook_with_the_final_path(tmp_path, monkeypatch):
