@@ -60,5 +60,6 @@ reproduce: install
 	$(PY) -m prunelib notebooks --profile default-tiny
 	$(PY) -m prunelib notebooks --profile default
 
+# The committed executed notebooks (executed/default*/) stay: only what runs wrote and git ignores goes.
 clean-results:
-	rm -rf executed results/cache results/smoke results/smoke-base
+	rm -rf executed/smoke executed/smoke-base executed/*/running results/cache results/smoke results/smoke-base
