@@ -121,7 +121,8 @@ def chapter_title(notebook: nbformat.NotebookNode, fallback: str) -> str:
 
 def book_pages(root: Path, readme: Path, parts: tuple[tuple[str, str], ...] = PARTS) -> list[Page]:
     """The front page, then every executed notebook of every part, in order."""
-    pages = [Page("index.html", "Pruning as regularisation? A reproduction", "", readme)]
+    heading = next((line for line in readme.read_text(encoding="utf-8").splitlines() if line.startswith("# ")), "# ")
+    pages = [Page("index.html", heading[2:].strip() or "The study", "", readme)]
     for profile, part_title in parts:
         for notebook in sorted((root / "executed" / profile).glob("[0-9][0-9]_*.ipynb")):
             title = chapter_title(nbformat.read(notebook, as_version=4), notebook.stem)

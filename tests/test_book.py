@@ -67,6 +67,7 @@ def test_pages_in_reading_order_with_their_titles(project):
                                              "default-tiny/01_a.html"]
     assert [page.title for page in pages[1:]] == ["default chapter 1", "default chapter 2", "default-tiny chapter 1"]
     assert pages[1].part == book.PARTS[0][1] and pages[3].part == book.PARTS[1][1]
+    assert pages[0].title == "The study"  # the README's title names the book
 
 
 def test_links_go_to_chapters_figures_are_copied_and_repository_files_unlinked(project, tmp_path):
