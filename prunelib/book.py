@@ -24,6 +24,7 @@ PARTS = (
     ("default-tiny", "The second size: whisper-tiny.en"),
 )
 ASSETS = "assets"
+IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif")  # copied into the book where a page shows them
 # MathJax 3's one-file TeX-to-SVG build (every TeX extension inside): draws formulas without web fonts
 # or further downloads, so they render offline and from file:// as well as from a web server.
 MATHJAX_FILE = "tex-svg-full.js"
@@ -169,15 +170,9 @@ class _Links:
 
     def __init__(self, root: Path, out: Path, pages: list[Page]):
         self.root, self.out = root, out
-        chapters = {}
-        for page in pages[1:]:
-            source = page.source.relative_to(root).as_posix()
-            chapters[source] = page.path
-            profile = page.path.split("/")[0]
-            if profile == PARTS[0][0]:  # a link to a clean source notebook opens the reference run's chapter
-                chapters.setdefault(f"notebooks/{page.source.name}", page.path)
-        self.chapters = chapters
-        self.copied: list[str] = []
+        # executed/<profile>/NN.ipynb -> its chapter; (profile, NN.ipynb) -> the chapter a source link opens there.
+        self.chapters = {page.source.relative_to(root).as_posix(): page.path for page in pages[1:]}
+        self.by_part = {(page.path.split("/")[0], page.source.name): page.path for page in pages[1:]}
 
     def rewrite(self, text: str, page: Page, base: str) -> str:
         """`text` (HTML) with its href/src targets rewritten for `page`; `base` is the folder links are relative to."""
@@ -191,12 +186,17 @@ class _Links:
             fragment = f"#{parts.fragment}" if parts.fragment else ""
             if resolved in self.chapters:
                 return up + self.chapters[resolved] + fragment
+            folder, _, name = resolved.rpartition("/")
+            if folder == "notebooks":
+                # A clean source notebook opens as the chapter of the page's own part, else of the reference run.
+                chapter = self.by_part.get((page.path.split("/")[0], name)) or self.by_part.get((PARTS[0][0], name))
+                if chapter:
+                    return up + chapter + fragment
             source = self.root / resolved
-            if not resolved.startswith("..") and source.is_file() and source.suffix.lower() in (".png", ".svg", ".jpg"):
+            if not resolved.startswith("..") and source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
                 destination = self.out / resolved
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, destination)
-                self.copied.append(resolved)
                 return up + resolved
             return None
 

@@ -47,9 +47,13 @@ def _replace_paths(value: object, paths: dict[str, str]) -> object:
 
 
 def _terminal_text(text: str) -> str:
-    """What a terminal would show: in each line, only what follows its last carriage return."""
-    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
-    return "\n".join(line for index, line in enumerate(lines) if line or index == len(lines) - 1)
+    """What a terminal would show: in each line, only its last redraw (the text after a carriage return)."""
+    kept = []
+    for line in text.split("\n"):
+        redraws = [part for part in line.split("\r") if part]
+        if redraws or "\r" not in line:  # a blank line that was printed stays
+            kept.append(redraws[-1] if redraws else "")
+    return "\n".join(kept)
 
 
 def _progress_text(output: dict, widget_state: dict) -> str | None:
@@ -83,7 +87,6 @@ def _clean_outputs(outputs: list, widget_state: dict) -> list:
             if cleaned and cleaned[-1].get("output_type") == "stream" and cleaned[-1]["name"] == output["name"]:
                 cleaned[-1]["text"] += output["text"]
                 continue
-            output = nbformat.from_dict({**output, "text": output["text"]})
         cleaned.append(output)
     for output in cleaned:
         if output.get("output_type") == "stream":

@@ -57,7 +57,9 @@ def project(tmp_path: Path) -> Path:
         folder = tmp_path / "executed" / profile
         folder.mkdir(parents=True)
         for index, name in enumerate(names):
-            nbformat.write(chapter(f"{profile} chapter {index + 1}", "02_b.ipynb"), folder / f"{name}.ipynb")
+            notebook = chapter(f"{profile} chapter {index + 1}", "02_b.ipynb")
+            notebook.cells.append(nbformat.v4.new_markdown_cell("Back to [the start](01_a.ipynb)."))
+            nbformat.write(notebook, folder / f"{name}.ipynb")
     return tmp_path
 
 
@@ -81,6 +83,7 @@ def test_links_go_to_chapters_figures_are_copied_and_repository_files_unlinked(p
     page = (out / "default-tiny" / "01_a.html").read_text()
     assert 'href="../default-tiny/02_b.html"' not in page  # that part has no 02: its link falls back
     assert 'href="../default/02_b.html"' in page  # notebooks/02_b.ipynb is the reference run's chapter
+    assert 'href="../default-tiny/01_a.html"' in page  # a notebook of the page's own part opens there
     assert "cdnjs" not in page and "unpkg" not in page and 'src="http' not in page
     assert (out / book.ASSETS / "mathjax" / book.MATHJAX_FILE).is_file()
 

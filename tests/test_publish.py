@@ -27,7 +27,7 @@ def executed_notebook() -> nbformat.NotebookNode:
             "text/plain": "IntSlider(value=3)"}),
         nbformat.v4.new_output("stream", name="stderr", text="\r  0%|  | 0/2"),
         nbformat.v4.new_output("stream", name="stderr", text="\r 50%|# | 1/2\r100%|##| 2/2\n"),
-        nbformat.v4.new_output("stream", name="stdout", text="read /home/alice/prunelib/results/x.csv\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="read /home/alice/prunelib/results/x.csv\n\n"),
         nbformat.v4.new_output("stream", name="stdout", text="data in /home/alice/data, not /home/alicey\n"),
     ]
     notebook = nbformat.v4.new_notebook(cells=[cell])
@@ -56,7 +56,8 @@ def test_clean_notebook_drops_run_time_noise_and_machine_paths():
     assert cell.outputs[0] == {"output_type": "stream", "name": "stderr",
                                "text": "sweep (en):  50%|█████     | 2/4 [00:03<00:03]\n100%|##| 2/2\n"}
     # Whole path components only: /home/alicey is another user's folder.
-    assert cell.outputs[1]["text"] == "read <repo>/results/x.csv\ndata in <repo>/../data, not /home/alicey\n"
+    # A blank line the notebook printed stays.
+    assert cell.outputs[1]["text"] == "read <repo>/results/x.csv\n\ndata in <repo>/../data, not /home/alicey\n"
     nbformat.validate(cleaned)
 
 
