@@ -1,4 +1,4 @@
-"""Command line: `python -m prunelib eval|notebooks|book|report|sensitivity|export|save ...`."""
+"""Command line: `python -m prunelib eval|notebooks|book|report|compare|sensitivity|export|save ...`."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +66,23 @@ def _report(args: argparse.Namespace) -> dict:
         raise ValueError(f"{args.readme}: tables {', '.join(changed)} differ from results/{args.profile}/summary/; "
                          "run `python -m prunelib report` to rewrite them")
     return {"readme": str(args.readme), "profile": args.profile, "changed": changed, "written": not args.check}
+
+
+def _compare(args: argparse.Namespace) -> dict:
+    """Say what moved between a revision's summary tables and those on disk; optionally write every change."""
+    import pandas as pd
+
+    from prunelib import compare
+    from prunelib.results import write_csv_atomic
+
+    compared = compare.compare_profile(args.profile, args.since)
+    for line in compare.describe(compared):
+        print(line)
+    if args.out:
+        every = [found.assign(table=name) for name, found in compared.items() if not found.empty]
+        write_csv_atomic(args.out, pd.concat(every) if every else pd.DataFrame(columns=["table"]))
+    return {"profile": args.profile, "since": args.since,
+            "tables_changed": sum(not found.empty for found in compared.values()), "out": args.out}
 
 
 def _sensitivity(args: argparse.Namespace) -> dict:
@@ -184,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--readme", default=str(project_root() / "README.md"), help="the file whose tables to rewrite")
     rp.add_argument("--check", action="store_true", help="change nothing; exit 2 if a table is out of date")
     rp.set_defaults(run=_report)
+
+    cp = sub.add_parser("compare", help="what moved between a git revision's summary tables and those on disk")
+    cp.add_argument("--since", required=True, help="git revision of the earlier tables, e.g. HEAD or a commit")
+    cp.add_argument("--profile", default="default", help="whose results/<profile>/summary/ (default: default)")
+    cp.add_argument("--out", default=None, help="CSV file of every changed cell (default: none)")
+    cp.set_defaults(run=_compare)
 
     se = sub.add_parser("sensitivity", help="gradient / Fisher / Taylor / OBD scores per component, as CSV")
     se.add_argument("--model", required=True, help="hub id (openai/whisper-base) or local folder")

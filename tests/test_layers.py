@@ -13,7 +13,7 @@ LAYERS = {
     "transcription and scoring": ["distributed", "transcribe", "scoring", "analysis", "evaluate"],
     "pruning methods": ["calibration", "gradients", "sparsegpt", "sensitivity", "reliability", "allocation", "export"],
     "the study": ["handoff", "sweep", "claims", "readings", "plots", "notebooks", "sizes", "publish",
-                  "book", "report", "__main__", "__init__"],
+                  "book", "report", "compare", "__main__", "__init__"],
 }
 LEVEL = {module: level for level, modules in enumerate(LAYERS.values()) for module in modules}
 
