@@ -110,20 +110,21 @@ class BookError(ValueError):
     """The book cannot be built from what is on disk."""
 
 
+def first_heading(markdown: str, fallback: str) -> str:
+    """The first Markdown heading of a text, without its leading #s."""
+    heading = next((line for line in markdown.splitlines() if line.startswith("#")), "")
+    return heading.lstrip("#").strip() or fallback
+
+
 def chapter_title(notebook: nbformat.NotebookNode, fallback: str) -> str:
-    """The first Markdown heading of a notebook, without its leading #s."""
-    for cell in notebook.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("#"):
-                    return line.lstrip("#").strip()
-    return fallback
+    """The first Markdown heading of a notebook."""
+    markdown = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
+    return first_heading(markdown, fallback)
 
 
 def book_pages(root: Path, readme: Path, parts: tuple[tuple[str, str], ...] = PARTS) -> list[Page]:
     """The front page, then every executed notebook of every part, in order."""
-    heading = next((line for line in readme.read_text(encoding="utf-8").splitlines() if line.startswith("# ")), "# ")
-    pages = [Page("index.html", heading[2:].strip() or "The study", "", readme)]
+    pages = [Page("index.html", first_heading(readme.read_text(encoding="utf-8"), "The study"), "", readme)]
     for profile, part_title in parts:
         for notebook in sorted((root / "executed" / profile).glob("[0-9][0-9]_*.ipynb")):
             title = chapter_title(nbformat.read(notebook, as_version=4), notebook.stem)
@@ -254,9 +255,9 @@ def _copy_assets(out: Path) -> None:
     assets = out / ASSETS
     (assets / "mathjax").mkdir(parents=True, exist_ok=True)
     (assets / "book.css").write_text(_CSS.lstrip(), encoding="utf-8")
-    shutil.copyfile(Path(mathjax.__file__).parent / "static" / "mathjax" / "es5" / MATHJAX_FILE,
-                    assets / "mathjax" / MATHJAX_FILE)
-    shutil.copyfile(Path(mathjax.__file__).parent / "static" / "mathjax" / "LICENSE", assets / "mathjax" / "LICENSE")
+    shipped = Path(mathjax.__file__).parent / "static" / "mathjax"
+    shutil.copyfile(shipped / "es5" / MATHJAX_FILE, assets / "mathjax" / MATHJAX_FILE)
+    shutil.copyfile(shipped / "LICENSE", assets / "mathjax" / "LICENSE")
 
 
 def build_book(out: str | Path, root: str | Path | None = None) -> list[Path]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def committed_table(revision: str, path: Path, root: Path | None = None) -> pd.D
     """The CSV at `path` as committed in `revision`, or None where that revision has no such file."""
     root = root or project_root()
     relative = Path(path).resolve().relative_to(root.resolve()).as_posix()
-    done = subprocess.run(["git", "-C", str(root), "show", f"{revision}:{relative}"], capture_output=True, text=True)
+    # LC_ALL=C: git's "does not exist" is matched below, and a translated message would not be.
+    done = subprocess.run(["git", "-C", str(root), "show", f"{revision}:{relative}"], capture_output=True, text=True,
+                          env={**os.environ, "LC_ALL": "C"})
     if done.returncode != 0:
         if "does not exist" in done.stderr or "exists on disk, but not in" in done.stderr:
             return None
