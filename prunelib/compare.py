@@ -75,8 +75,16 @@ def changes(name: str, before: pd.DataFrame | None, after: pd.DataFrame) -> pd.D
     def label(row: pd.Series) -> str:
         return ", ".join(str(row[k]) for k in keys) if keys else str(row.name)
 
-    old = {label(row): row for _, row in before.iterrows()}
-    new = {label(row): row for _, row in after.iterrows()}
+    def rows(table: pd.DataFrame) -> dict[str, pd.Series]:
+        # Rows whose keys repeat are told apart by their order, so that none is silently dropped.
+        labelled, seen = {}, {}
+        for _, row in table.iterrows():
+            name = label(row)
+            seen[name] = seen.get(name, 0) + 1
+            labelled[name if seen[name] == 1 else f"{name} (#{seen[name]})"] = row
+        return labelled
+
+    old, new = rows(before), rows(after)
     found = []
     for name in old.keys() - new.keys():
         found.append({"row": name, "column": "", "before": "present", "after": "removed", "change": np.nan})

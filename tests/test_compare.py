@@ -56,3 +56,10 @@ def test_the_command_writes_every_change_and_names_a_bad_revision(repository, tm
     assert set(pd.read_csv(out)["table"]) == {handoff.ALLOCATION_RESULTS, handoff.CROSSINGS}
     assert main(["compare", "--profile", "p", "--since", "no-such-revision"]) == 2
     assert "no-such-revision" in capsys.readouterr().err
+
+
+def test_rows_with_the_same_key_are_all_compared():
+    before = pd.DataFrame({"allocator": ["random", "random"], "target": [0.4, 0.4], "wer": [100.0, 90.0]})
+    after = pd.DataFrame({"allocator": ["random", "random"], "target": [0.4, 0.4], "wer": [100.0, 95.0]})
+    found = compare.changes(handoff.ALLOCATION_RESULTS, before, after)
+    assert found[["row", "before", "after"]].values.tolist() == [["random, 0.4 (#2)", 90.0, 95.0]]
