@@ -72,6 +72,7 @@ def changes(name: str, before: pd.DataFrame | None, after: pd.DataFrame) -> pd.D
         return pd.DataFrame([{"row": "(whole table)", "column": "", "before": "absent", "after": f"{len(after)} rows",
                               "change": np.nan}], columns=columns)
     keys = [c for c in key_columns(name, after) if c in before.columns]
+
     def label(row: pd.Series) -> str:
         return ", ".join(str(row[k]) for k in keys) if keys else str(row.name)
 
@@ -103,13 +104,29 @@ def changes(name: str, before: pd.DataFrame | None, after: pd.DataFrame) -> pd.D
     return pd.DataFrame(found, columns=columns)
 
 
+def committed_names(revision: str, folder: Path, root: Path | None = None) -> list[str]:
+    """The CSV files `revision` has in `folder`."""
+    root = root or project_root()
+    relative = Path(folder).resolve().relative_to(root.resolve()).as_posix()
+    done = subprocess.run(["git", "-C", str(root), "ls-tree", "--name-only", f"{revision}:{relative}"],
+                          capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+    return sorted(name for name in done.stdout.split() if name.endswith(".csv")) if done.returncode == 0 else []
+
+
 def compare_profile(profile: str, revision: str) -> dict[str, pd.DataFrame]:
-    """Every summary table of `profile` on disk against `revision`'s: {file name: its changes}."""
+    """Every summary table of `profile` on disk against `revision`'s: {file name: its changes}.
+
+    A table `revision` has and the disk lacks is reported as gone, not passed over.
+    """
     folder = handoff.summary_folder(profile)
     tables = sorted(folder.glob("*.csv"))
     if not tables:
         raise ValueError(f"no summary tables in {folder}")
-    return {path.name: changes(path.name, committed_table(revision, path), pd.read_csv(path)) for path in tables}
+    compared = {path.name: changes(path.name, committed_table(revision, path), pd.read_csv(path)) for path in tables}
+    for name in set(committed_names(revision, folder)) - set(compared):
+        compared[name] = pd.DataFrame([{"row": "(whole table)", "column": "", "before": "present",
+                                        "after": "absent", "change": np.nan}])
+    return dict(sorted(compared.items()))
 
 
 def describe(compared: dict[str, pd.DataFrame], wer_columns: tuple[str, ...] = ("wer", "delta_wer")) -> list[str]:

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from prunelib import claims, handoff, readings, sweep
+from prunelib import claims, handoff, readings, sizes, sweep
 from prunelib.paths import project_root
 from prunelib.results import write_text_atomic
 
 # <!-- report:NAME --> ... <!-- /report -->: the generated part of the README; the prose around it is written.
 _BLOCK = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report -->)", re.DOTALL)
-COMPONENT_SPARSITY = 0.5  # the paper's headline level
 
 
 def _markdown(table: pd.DataFrame, align_right: tuple[str, ...] = ()) -> str:
@@ -58,7 +57,7 @@ def allocations_table(at_target: pd.DataFrame, crossings: pd.DataFrame, results:
     return _markdown(pd.DataFrame(rows), align_right=("sparsity (linear)", "WER"))
 
 
-def components_table(ablation: pd.DataFrame, sparsity: float = COMPONENT_SPARSITY) -> str:
+def components_table(ablation: pd.DataFrame, sparsity: float = sizes.PAPER_SPARSITY) -> str:
     """Notebook 03: every component group at `sparsity`, from most robust to most fragile."""
     rows = ablation[(ablation["requested_sparsity"] - sparsity).abs() < 1e-9].sort_values("delta_wer")
     table = pd.DataFrame({
