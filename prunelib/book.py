@@ -14,7 +14,9 @@ import jinja2
 import mistune
 import nbformat
 
+from prunelib.notebooks import format_duration
 from prunelib.paths import project_root
+from prunelib.publish import PROVENANCE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ _CHAPTER_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 <body class="jp-Notebook book-page" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">
 {{ resources.book.navigation }}
 <main class="book-main">
+{{ resources.book.provenance }}
 {%- endblock body_header -%}
 {% block body_footer %}
 {{ resources.book.pager }}
@@ -75,6 +78,7 @@ _CSS = """
 body.book-page { margin: 0; }
 .book-nav { position: fixed; top: 0; left: 0; bottom: 0; width: 17rem; overflow-y: auto; padding: 1rem;
   box-sizing: border-box; background: #f6f6f4; border-right: 1px solid #ddd; font: 14px/1.4 system-ui, sans-serif; }
+.book-provenance { color: #555; font: 13px/1.4 system-ui, sans-serif; margin: 0 0 1rem; }
 .book-nav a { color: #1a4f8b; text-decoration: none; }
 .book-nav a:hover { text-decoration: underline; }
 .book-nav .book-title { display: block; font-weight: 600; font-size: 16px; margin-bottom: 1rem; }
@@ -221,6 +225,22 @@ def _front_page(page: Page, pages: list[Page], links: _Links) -> str:
         title=html.escape(page.title), navigation=_navigation(pages, page), body=body, pager=_pager(pages, page))
 
 
+def _provenance(notebook: nbformat.NotebookNode) -> str:
+    """One line saying which commit and profile produced a chapter and how long it ran ('' when unrecorded)."""
+    record = notebook.metadata.get(PROVENANCE_KEY) or {}
+    if not record.get("commit"):
+        return ""
+    text = f"Executed at commit <code>{html.escape(record['commit'][:12])}</code>"
+    if record.get("profile"):
+        text += f", profile <code>{html.escape(record['profile'])}</code>"
+    duration = notebook.metadata.get("papermill", {}).get("duration")
+    if duration:
+        text += f", in {format_duration(duration)}"
+    if record.get("modified"):
+        text += " <strong>with uncommitted changes to " + html.escape(", ".join(record["modified"])) + "</strong>"
+    return f'<p class="book-provenance">{text}.</p>'
+
+
 def _chapter(page: Page, pages: list[Page], links: _Links) -> str:
     """One executed notebook as HTML, outputs as they were saved, with the book's navigation."""
     from jinja2 import pass_context
@@ -235,14 +255,16 @@ def _chapter(page: Page, pages: list[Page], links: _Links) -> str:
             return links.rewrite(super().markdown2html(context, source), page, base="notebooks")
 
     up = "../" * page.path.count("/")
+    notebook = nbformat.read(page.source, as_version=4)
     exporter = ChapterExporter(
         extra_loaders=[jinja2.DictLoader({"book_chapter.html.j2": _CHAPTER_TEMPLATE})],
         template_file="book_chapter.html.j2",
     )
     resources = {"book": {"root": up, "navigation": _navigation(pages, page), "pager": _pager(pages, page),
-                          "mathjax": _MATHJAX.replace("{root}", up).replace("{file}", MATHJAX_FILE)},
+                          "mathjax": _MATHJAX.replace("{root}", up).replace("{file}", MATHJAX_FILE),
+                          "provenance": _provenance(notebook)},
                  "metadata": {"name": page.title}}
-    body, _ = exporter.from_notebook_node(nbformat.read(page.source, as_version=4), resources=resources)
+    body, _ = exporter.from_notebook_node(notebook, resources=resources)
     return body
 
 

@@ -64,7 +64,7 @@ def run_notebooks(profile: str, only: list[str] | None = None, kernel: str | Non
     """Execute the numbered notebooks in order into executed/<profile>/ with papermill."""
     import papermill
 
-    from prunelib.publish import publish_notebook  # nbformat's schema checks take seconds to import
+    from prunelib.publish import publish_notebook, source_revision  # nbformat takes seconds to import
 
     profile_data = load_profile(profile)
     check_requirements(profile, profile_data.get("requires") or {})
@@ -73,6 +73,11 @@ def run_notebooks(profile: str, only: list[str] | None = None, kernel: str | Non
     # and the last complete notebook in out_dir is replaced only once the new one has finished.
     running = out_dir / RUNNING
     running.mkdir(parents=True, exist_ok=True)
+    # Taken before anything runs: a commit made while the notebooks run must not be credited with them.
+    provenance = {**source_revision(), "profile": profile}
+    if provenance["modified"]:
+        log.warning("uncommitted changes to %s: the executed notebooks will record them",
+                    ", ".join(provenance["modified"]))
     executed = []
     for notebook in notebook_paths(only):
         parameters = parameters_for(notebook, profile, profile_data)
@@ -83,15 +88,15 @@ def run_notebooks(profile: str, only: list[str] | None = None, kernel: str | Non
             str(notebook), str(in_progress), parameters=parameters, cwd=str(notebook.parent),
             kernel_name=kernel or "python3", progress_bar=True, log_output=False,
         )
-        log.info("%s finished in %s", notebook.name, _duration(time.perf_counter() - started))
-        executed.append(publish_notebook(in_progress, out_dir / notebook.name))
+        log.info("%s finished in %s", notebook.name, format_duration(time.perf_counter() - started))
+        executed.append(publish_notebook(in_progress, out_dir / notebook.name, provenance))
         in_progress.unlink()
     if not any(running.iterdir()):
         running.rmdir()
     return executed
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     """'1 h 50 min 32 s' style, as the README quotes run times."""
     hours, rest = divmod(round(seconds), 3600)
     minutes, secs = divmod(rest, 60)

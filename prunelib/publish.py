@@ -5,6 +5,7 @@ import html
 import logging
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -21,6 +22,32 @@ SIZE_LIMIT_BYTES = 2_000_000
 # Per-cell clocks change on every run and say nothing about the study.
 _RUN_CLOCKS = ("execution", "papermill")
 _NOTEBOOK_CLOCKS = ("start_time", "end_time")
+# What decides a result: a run records whether any of these differed from the commit it ran at.
+RESULT_INPUTS = ("prunelib", "notebooks", "params", "pyproject.toml", "constraints.txt")
+PROVENANCE_KEY = "prunelib"  # the executed notebook's metadata entry holding its source_revision()
+
+
+def source_revision(root: Path | None = None) -> dict:
+    """The commit the study's code is at and its result inputs with uncommitted changes ({"commit": None} outside git).
+
+    A study run over several sessions is one reference run only if every notebook ran at commits whose
+    inputs agree; the executed notebooks carry this record so that anyone can check.
+    """
+    root = Path(root) if root is not None else project_root()
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                  env={**os.environ, "LC_ALL": "C"}, check=False)
+        except OSError:  # no git on this machine
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "modified": []}
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *RESULT_INPUTS) or ""
+    return {"commit": commit.strip(), "modified": sorted(line[3:] for line in status.splitlines() if line.strip())}
 
 
 def machine_paths() -> dict[str, str]:
@@ -109,10 +136,15 @@ def clean_notebook(notebook: nbformat.NotebookNode, paths: dict[str, str] | None
     return notebook
 
 
-def publish_notebook(executed: Path, destination: Path) -> Path:
-    """Write a cleaned copy of `executed` to `destination` atomically; warn when it is too big to browse."""
+def publish_notebook(executed: Path, destination: Path, provenance: dict | None = None) -> Path:
+    """Write a cleaned copy of `executed` to `destination` atomically, stamped with `provenance` when given.
+
+    Warns when the notebook is too big for a repository browser.
+    """
     paths = machine_paths()
     notebook = clean_notebook(nbformat.read(executed, as_version=4), paths)
+    if provenance is not None:
+        notebook.metadata[PROVENANCE_KEY] = provenance
     if "papermill" in notebook.metadata:
         notebook.metadata.papermill["output_path"] = _replace_paths(str(Path(destination).resolve()), paths)
     text = nbformat.writes(notebook) + "\n"

@@ -88,6 +88,19 @@ def test_links_go_to_chapters_figures_are_copied_and_repository_files_unlinked(p
     assert (out / book.ASSETS / "mathjax" / book.MATHJAX_FILE).is_file()
 
 
+def test_each_chapter_says_which_commit_produced_it(project, tmp_path):
+    source = project / "executed" / "default" / "01_a.ipynb"
+    notebook = nbformat.read(source, as_version=4)
+    notebook.metadata["prunelib"] = {"commit": "0123456789abcdef", "modified": ["prunelib/x.py"], "profile": "default"}
+    notebook.metadata["papermill"] = {"duration": 3725.2}
+    nbformat.write(notebook, source)
+    book.build_book(tmp_path / "site", root=project)
+    page = (tmp_path / "site" / "default" / "01_a.html").read_text()
+    assert "Executed at commit <code>0123456789ab</code>, profile <code>default</code>, in 1 h 2 min 5 s" in page
+    assert "with uncommitted changes to prunelib/x.py" in page
+    assert "Executed at commit" not in (tmp_path / "site" / "default" / "02_b.html").read_text()  # unrecorded
+
+
 def test_a_missing_figure_is_an_error_not_a_broken_image(project, tmp_path):
     (project / "figures" / "f.png").unlink()
     with pytest.raises(book.BookError, match="figures/f.png"):

@@ -44,7 +44,7 @@ def test_unknown_profile_names_the_known_ones():
 
 @pytest.mark.parametrize("seconds, text", [(6632.4, "1 h 50 min 32 s"), (3600, "1 h"), (59.6, "1 min"), (0.2, "0 s")])
 def test_durations_read_as_the_readme_quotes_them(seconds, text):
-    assert notebooks._duration(seconds) == text
+    assert notebooks.format_duration(seconds) == text
 
 
 def test_a_profile_model_folder_is_relative_to_the_repository():

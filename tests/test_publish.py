@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -80,6 +81,35 @@ def test_publish_notebook_writes_a_valid_notebook_with_the_final_path(tmp_path, 
     assert str(tmp_path) not in written.read_text()
 
 
+def test_publish_notebook_stamps_the_commit_it_ran_at(tmp_path):
+    executed = tmp_path / "01.ipynb"
+    nbformat.write(executed_notebook(), executed)
+    stamp = {"commit": "abc123", "modified": [], "profile": "p"}
+    written = publish.publish_notebook(executed, tmp_path / "out.ipynb", stamp)
+    assert nbformat.read(written, as_version=4).metadata[publish.PROVENANCE_KEY] == stamp
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout
+
+
+def test_source_revision_names_the_commit_and_the_result_inputs_changed_since(tmp_path):
+    assert publish.source_revision(tmp_path) == {"commit": None, "modified": []}  # not a repository
+    git(tmp_path, "init", "-q")
+    (tmp_path / "prunelib").mkdir()
+    (tmp_path / "prunelib" / "x.py").write_text("A = 1\n")
+    (tmp_path / "README.md").write_text("text\n")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    head = git(tmp_path, "rev-parse", "HEAD").strip()
+    assert publish.source_revision(tmp_path) == {"commit": head, "modified": []}
+    (tmp_path / "README.md").write_text("other prose\n")  # not an input of any result
+    (tmp_path / "prunelib" / "new.py").write_text("")  # untracked: never imported by a committed notebook
+    assert publish.source_revision(tmp_path)["modified"] == []
+    (tmp_path / "prunelib" / "x.py").write_text("A = 2\n")
+    assert publish.source_revision(tmp_path) == {"commit": head, "modified": ["prunelib/x.py"]}
+
+
 def test_a_failed_run_keeps_the_last_complete_notebook(tmp_path, monkeypatch):
     """papermill writes into running/; the committed notebook is replaced only after a run finishes."""
     (tmp_path / "notebooks").mkdir()
@@ -94,6 +124,7 @@ def test_a_failed_run_keeps_the_last_complete_notebook(tmp_path, monkeypatch):
     committed.write_text("the last complete run\n")
     monkeypatch.setattr(notebooks, "project_root", lambda: tmp_path)
     monkeypatch.setattr(notebooks, "check_requirements", lambda profile, requires: None)
+    monkeypatch.setattr(publish, "source_revision", lambda: {"commit": "abc123", "modified": []})
 
     def failing_run(source, output, **kwargs):
         nbformat.write(nbformat.v4.new_notebook(), output)
@@ -112,7 +143,9 @@ def test_a_failed_run_keeps_the_last_complete_notebook(tmp_path, monkeypatch):
     monkeypatch.setattr(papermill, "execute_notebook", good_run)
     monkeypatch.setattr(publish, "project_root", lambda: tmp_path)
     assert notebooks.run_notebooks("p") == [committed]
-    assert "widgets" not in nbformat.read(committed, as_version=4).metadata
+    published = nbformat.read(committed, as_version=4).metadata
+    assert "widgets" not in published
+    assert published[publish.PROVENANCE_KEY] == {"commit": "abc123", "modified": [], "profile": "p"}
     assert not (committed.parent / notebooks.RUNNING).exists()
 
 
@@ -133,4 +166,8 @@ def test_committed_executed_notebooks_are_complete_clean_and_small(path):
     assert code and all(cell.execution_count is not None for cell in code), "a cell did not run"
     assert not any(output.get("output_type") == "error" for cell in code for output in cell.outputs)
     assert "widgets" not in notebook.metadata and publish.WIDGET_VIEW not in text
+    stamp = notebook.metadata.get(publish.PROVENANCE_KEY, {})
+    assert stamp.get("commit"), "no record of the commit it ran at: rerun it with `prunelib notebooks`"
+    assert stamp["modified"] == [], f"ran with uncommitted changes to {stamp['modified']}"
+    assert stamp["profile"] == path.parent.name
     assert not PRIVATE_PATH.search(text) and not any(p in text for p in publish.machine_paths())
