@@ -1,6 +1,7 @@
 """The README's results tables, rendered from a profile's committed summary tables and kept in step with them."""
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -8,7 +9,10 @@ from pathlib import Path
 import pandas as pd
 
 from prunelib import claims, handoff, readings, sizes, sweep
+from prunelib.book import PARTS
+from prunelib.notebooks import format_duration
 from prunelib.paths import project_root
+from prunelib.publish import PROVENANCE_KEY
 from prunelib.results import write_text_atomic
 
 # <!-- report:NAME --> ... <!-- /report -->: the generated part of the README; the prose around it is written.
@@ -101,6 +105,25 @@ def sizes_table(sizes: pd.DataFrame) -> str:
     return _markdown(pd.DataFrame(rows), align_right=("n",))
 
 
+def runs_table(root: Path | None = None) -> str:
+    """Which commit produced each committed executed notebook (executed/<profile>/), and how long it ran."""
+    root = Path(root) if root is not None else project_root()
+    rows = []
+    for profile, _ in PARTS:
+        for path in sorted((root / "executed" / profile).glob("[0-9][0-9]_*.ipynb")):
+            metadata = json.loads(path.read_text(encoding="utf-8"))["metadata"]
+            stamp = metadata.get(PROVENANCE_KEY) or {}
+            duration = (metadata.get("papermill") or {}).get("duration")
+            commit = f"`{stamp['commit'][:12]}`" if stamp.get("commit") else "not recorded"
+            if stamp.get("modified"):
+                commit += " with uncommitted changes"
+            rows.append({"notebook": f"`{profile}/{path.name}`", "commit": commit,
+                         "ran for": format_duration(duration) if duration else "-"})
+    if not rows:
+        return "*Not run yet: no executed notebooks under executed/.*\n"
+    return _markdown(pd.DataFrame(rows), align_right=("ran for",))
+
+
 # Block name -> (summary tables it reads, how it renders them).
 TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "claims": ((handoff.CLAIMS,), claims_table),
@@ -110,11 +133,15 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "sizes": ((handoff.SIZES,), sizes_table),
 }
 
+RUNS = "runs"  # the block that reads executed/, not the summary tables
+
 
 def render(name: str, profile: str = "default") -> str:
     """One README block from the profile's summary tables, or a line saying which table is missing."""
+    if name == RUNS:
+        return runs_table()
     if name not in TABLES:
-        raise ValueError(f"unknown README table {name!r} (known: {', '.join(TABLES)})")
+        raise ValueError(f"unknown README table {name!r} (known: {', '.join([*TABLES, RUNS])})")
     files, renderer = TABLES[name]
     folder = handoff.summary_folder(profile)
     missing = [file for file in files if not (folder / file).exists()]

@@ -66,3 +66,19 @@ def test_check_fails_on_a_stale_table_and_changes_nothing(tmp_path, monkeypatch,
 def test_an_unknown_block_is_named():
     with pytest.raises(ValueError, match="unknown README table 'claimz'"):
         report.render("claimz")
+
+
+def test_runs_table_names_each_executed_notebooks_commit_and_time(tmp_path):
+    import nbformat
+
+    folder = tmp_path / "executed" / "default-tiny"
+    folder.mkdir(parents=True)
+    stamped = nbformat.v4.new_notebook(metadata={
+        "prunelib": {"commit": "94f936ff05b049137e2b", "modified": ["prunelib/sweep.py"], "profile": "default-tiny"},
+        "papermill": {"duration": 129.2}})
+    nbformat.write(stamped, folder / "01_baseline.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(), folder / "02_sensitivity.ipynb")
+    assert report.runs_table(tmp_path).splitlines()[2:] == [
+        "| `default-tiny/01_baseline.ipynb` | `94f936ff05b0` with uncommitted changes | 2 min 9 s |",
+        "| `default-tiny/02_sensitivity.ipynb` | not recorded | - |"]
+    assert report.runs_table(tmp_path / "empty").startswith("*Not run yet")
