@@ -78,7 +78,8 @@ _CSS = """
 body.book-page { margin: 0; }
 .book-nav { position: fixed; top: 0; left: 0; bottom: 0; width: 17rem; overflow-y: auto; padding: 1rem;
   box-sizing: border-box; background: #f6f6f4; border-right: 1px solid #ddd; font: 14px/1.4 system-ui, sans-serif; }
-.book-provenance { color: #555; font: 13px/1.4 system-ui, sans-serif; margin: 0 0 1rem; }
+.book-provenance { color: #555; font: 13px/1.4 system-ui, sans-serif;
+  margin: 0 0 1rem calc(var(--jp-cell-prompt-width, 64px) + 22px); }  /* in line with the cells, past their prompts */
 .book-nav a { color: #1a4f8b; text-decoration: none; }
 .book-nav a:hover { text-decoration: underline; }
 .book-nav .book-title { display: block; font-weight: 600; font-size: 16px; margin-bottom: 1rem; }
