@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from prunelib import handoff
-from prunelib.paths import project_root
+from prunelib.paths import project_root, run_git
 
 TOLERANCE = 1e-9
 SPEED_COLUMNS = ("rtfx", "seconds", "wall_seconds")  # timings: they differ between any two runs
@@ -40,9 +38,7 @@ def committed_table(revision: str, path: Path, root: Path | None = None) -> pd.D
     """The CSV at `path` as committed in `revision`, or None where that revision has no such file."""
     root = root or project_root()
     relative = Path(path).resolve().relative_to(root.resolve()).as_posix()
-    # LC_ALL=C: git's "does not exist" is matched below, and a translated message would not be.
-    done = subprocess.run(["git", "-C", str(root), "show", f"{revision}:{relative}"], capture_output=True, text=True,
-                          env={**os.environ, "LC_ALL": "C"})
+    done = run_git(root, "show", f"{revision}:{relative}")
     if done.returncode != 0:
         if "does not exist" in done.stderr or "exists on disk, but not in" in done.stderr:
             return None
@@ -108,8 +104,7 @@ def committed_names(revision: str, folder: Path, root: Path | None = None) -> li
     """The CSV files `revision` has in `folder`."""
     root = root or project_root()
     relative = Path(folder).resolve().relative_to(root.resolve()).as_posix()
-    done = subprocess.run(["git", "-C", str(root), "ls-tree", "--name-only", f"{revision}:{relative}"],
-                          capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+    done = run_git(root, "ls-tree", "--name-only", f"{revision}:{relative}")
     return sorted(name for name in done.stdout.split() if name.endswith(".csv")) if done.returncode == 0 else []
 
 

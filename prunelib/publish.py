@@ -5,13 +5,12 @@ import html
 import logging
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import nbformat
 
 from prunelib.corpora import DATA_ENV
-from prunelib.paths import project_root
+from prunelib.paths import project_root, run_git
 from prunelib.results import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -37,8 +36,7 @@ def source_revision(root: Path | None = None) -> dict:
 
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                                  env={**os.environ, "LC_ALL": "C"}, check=False)
+            done = run_git(root, *args)
         except OSError:  # no git on this machine
             return None
         return done.stdout if done.returncode == 0 else None

@@ -131,17 +131,14 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "components": ((handoff.ablation_file("en"),), components_table),
     "cross-dataset": ((handoff.CROSS_DATASET,), cross_dataset_table),
     "sizes": ((handoff.SIZES,), sizes_table),
+    "runs": ((), runs_table),  # reads the executed notebooks, no summary table
 }
-
-RUNS = "runs"  # the block that reads executed/, not the summary tables
 
 
 def render(name: str, profile: str = "default") -> str:
     """One README block from the profile's summary tables, or a line saying which table is missing."""
-    if name == RUNS:
-        return runs_table()
     if name not in TABLES:
-        raise ValueError(f"unknown README table {name!r} (known: {', '.join([*TABLES, RUNS])})")
+        raise ValueError(f"unknown README table {name!r} (known: {', '.join(TABLES)})")
     files, renderer = TABLES[name]
     folder = handoff.summary_folder(profile)
     missing = [file for file in files if not (folder / file).exists()]
