@@ -16,7 +16,7 @@ import nbformat
 
 from prunelib.notebooks import format_duration
 from prunelib.paths import project_root
-from prunelib.publish import PROVENANCE_KEY
+from prunelib.publish import read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -228,16 +228,15 @@ def _front_page(page: Page, pages: list[Page], links: _Links) -> str:
 
 def _provenance(notebook: nbformat.NotebookNode) -> str:
     """One line saying which commit and profile produced a chapter and how long it ran ('' when unrecorded)."""
-    record = notebook.metadata.get(PROVENANCE_KEY) or {}
-    if not record.get("commit"):
+    record = read_provenance(notebook.metadata)
+    if record["commit"] is None:
         return ""
-    text = f"Executed at commit <code>{html.escape(record['commit'][:12])}</code>"
-    if record.get("profile"):
+    text = f"Executed at commit <code>{html.escape(record['commit'])}</code>"
+    if record["profile"]:
         text += f", profile <code>{html.escape(record['profile'])}</code>"
-    duration = notebook.metadata.get("papermill", {}).get("duration")
-    if duration:
-        text += f", in {format_duration(duration)}"
-    if record.get("modified"):
+    if record["seconds"]:
+        text += f", in {format_duration(record['seconds'])}"
+    if record["modified"]:
         text += " <strong>with uncommitted changes to " + html.escape(", ".join(record["modified"])) + "</strong>"
     return f'<p class="book-provenance">{text}.</p>'
 

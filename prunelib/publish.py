@@ -48,6 +48,17 @@ def source_revision(root: Path | None = None) -> dict:
     return {"commit": commit.strip(), "modified": sorted(line[3:] for line in status.splitlines() if line.strip())}
 
 
+def read_provenance(metadata: dict) -> dict:
+    """An executed notebook's stamp as readers see it: commit (12 characters), profile, modified, seconds.
+
+    `commit` and `seconds` are None where the notebook recorded none.
+    """
+    stamp = metadata.get(PROVENANCE_KEY) or {}
+    return {"commit": stamp["commit"][:12] if stamp.get("commit") else None, "profile": stamp.get("profile"),
+            "modified": list(stamp.get("modified") or []),
+            "seconds": (metadata.get("papermill") or {}).get("duration") or None}
+
+
 def machine_paths() -> dict[str, str]:
     """This machine's absolute paths and the placeholders that replace them, longest first."""
     root = project_root()

@@ -12,7 +12,7 @@ from prunelib import claims, handoff, readings, sizes, sweep
 from prunelib.book import PARTS
 from prunelib.notebooks import format_duration
 from prunelib.paths import project_root
-from prunelib.publish import PROVENANCE_KEY
+from prunelib.publish import read_provenance
 from prunelib.results import write_text_atomic
 
 # <!-- report:NAME --> ... <!-- /report -->: the generated part of the README; the prose around it is written.
@@ -111,14 +111,12 @@ def runs_table(root: Path | None = None) -> str:
     rows = []
     for profile, _ in PARTS:
         for path in sorted((root / "executed" / profile).glob("[0-9][0-9]_*.ipynb")):
-            metadata = json.loads(path.read_text(encoding="utf-8"))["metadata"]
-            stamp = metadata.get(PROVENANCE_KEY) or {}
-            duration = (metadata.get("papermill") or {}).get("duration")
-            commit = f"`{stamp['commit'][:12]}`" if stamp.get("commit") else "not recorded"
-            if stamp.get("modified"):
+            record = read_provenance(json.loads(path.read_text(encoding="utf-8"))["metadata"])
+            commit = f"`{record['commit']}`" if record["commit"] else "not recorded"
+            if record["modified"]:
                 commit += " with uncommitted changes"
             rows.append({"notebook": f"`{profile}/{path.name}`", "commit": commit,
-                         "ran for": format_duration(duration) if duration else "-"})
+                         "ran for": format_duration(record["seconds"]) if record["seconds"] else "-"})
     if not rows:
         return "*Not run yet: no executed notebooks under executed/.*\n"
     return _markdown(pd.DataFrame(rows), align_right=("ran for",))
