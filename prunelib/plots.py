@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from prunelib.sizes import NOT_RECORDED  # noqa: E402
+
 PIPELINE_LABELS = {"en": "standard\n(English forced)", "auto": "paper's\n(language detected)"}
 
 
@@ -312,6 +314,7 @@ def plot_size_trend(table: pd.DataFrame, paper_model: str, path: str | Path, tit
 
     `table` is `sizes.size_table`'s: models in the order given (smallest first); rows not measured
     leave a gap. The paper's point is drawn only where the paper states a number at that level.
+    Rows of a run that left no stamped notebook (`sizes.NOT_RECORDED`) are drawn hollow.
     """
     effects = list(dict.fromkeys(table["effect"]))
     models = list(dict.fromkeys(table["model"]))
@@ -324,6 +327,10 @@ def plot_size_trend(table: pd.DataFrame, paper_model: str, path: str | Path, tit
         yerr = [(rows["delta_wer"] - rows["delta_lo"]).clip(lower=0),
                 (rows["delta_hi"] - rows["delta_wer"]).clip(lower=0)]
         ax.errorbar(x, rows["delta_wer"], yerr=yerr, fmt="o-", capsize=4, color="#4c72b0", label="ours (95% interval)")
+        unrecorded = rows["run"] == NOT_RECORDED if "run" in rows else pd.Series(False, index=rows.index)
+        if unrecorded.any():  # an earlier run's numbers: hollow, so that they are not read as this code's
+            ax.plot([models.index(m) for m in rows.loc[unrecorded, "model"]], rows.loc[unrecorded, "delta_wer"],
+                    "o", mfc="white", color="#4c72b0", label="from a run with no stamped notebook")
         for xi, row in zip(x, rows.itertuples(), strict=True):
             if row.kind == "allocation":  # which allocator was best differs between sizes
                 ax.annotate(row.method, (xi, row.delta_wer), xytext=(4, 4), textcoords="offset points", fontsize=7)

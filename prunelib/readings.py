@@ -9,6 +9,7 @@ from prunelib import claims
 from prunelib.allocation import SENSITIVITY_AWARE
 from prunelib.corpora import Corpus
 from prunelib.models import LoadedModel
+from prunelib.sizes import NOT_RECORDED
 from prunelib.sweep import best_allocator, target_miss
 
 
@@ -190,6 +191,23 @@ def verdicts(table: pd.DataFrame, model: str) -> list[str]:
 # ---- 07 ------------------------------------------------------------------------------------
 
 
+def _runs(table: pd.DataFrame) -> list[str]:
+    """Notebook 07: one line naming the runs behind its rows, when they are not all one recorded run."""
+    if "run" not in table:
+        return []
+    measured = table[table["status"] == "measured"]
+    runs = measured.groupby(["profile", "kind"], sort=False)["run"].first()
+    if runs.nunique() <= 1 and NOT_RECORDED not in set(runs):
+        return []
+    notebook = {"component": "03", "allocation": "04"}
+    named = "; ".join(f"{profile} {notebook[kind]}: {run}" for (profile, kind), run in runs.items())
+    line = f"- The rows come from more than one run ({named})."
+    if NOT_RECORDED in set(runs):
+        line += (f" A '{NOT_RECORDED}' run left no stamped notebook in executed/ (an earlier run, or one run by "
+                 "hand): its rows are that run's numbers, which this code may no longer give.")
+    return [line]
+
+
 def sizes(table: pd.DataFrame) -> list[str]:
     """Notebook 07: per effect, its change from the smallest to the largest size measured, against the paper's.
 
@@ -202,6 +220,7 @@ def sizes(table: pd.DataFrame) -> list[str]:
     if len(datasets) > 1:
         lines.append(f"- The sizes were measured on different data ({', '.join(datasets)}): their intervals "
                      "do not come from the same utterances.")
+    lines += _runs(table)
     for effect, rows in table.groupby("effect", sort=False):
         measured = rows[rows["status"] == "measured"]
         paper = rows["paper_relative"].dropna()

@@ -101,6 +101,8 @@ def sizes_table(sizes: pd.DataFrame) -> str:
             "dense -> pruned": f"{row['dense_wer']:.2f} -> {row['wer']:.2f}" if measured else "-",
             "change vs dense [95%]": _change(row) if measured else row["status"],
             "paper (whisper-small)": f"{row['paper_change']:+.2f}" if pd.notna(row.get("paper_change")) else "-",
+            # which run wrote the row: rows of an earlier, unstamped run must not pass for this code's
+            "run": row["run"] if measured and pd.notna(row.get("run")) else "-",
         })
     return _markdown(pd.DataFrame(rows), align_right=("n",))
 

@@ -1,10 +1,12 @@
 """Notebook 07's cross-size table: exact levels only, missing sizes named, the paper's numbers only at its levels."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
-from prunelib import handoff, plots, readings, sizes
+from prunelib import handoff, plots, readings, report, sizes
 
 
 def _ablation(changes: dict[tuple[str, float], tuple[float, float, float]], language: str = "en") -> pd.DataFrame:
@@ -128,3 +130,34 @@ def test_a_claims_table_per_size_carries_the_model(two_sizes):
     assert set(verdicts["model"]) == {"m/tiny", "m/base"}
     assert "default-tiny: 03_ablation.csv" in verdicts.attrs["missing"]  # a profile not run is named
     assert (verdicts.groupby("model")["claim"].apply(lambda c: "decoder FFN fragile" in set(c))).all()
+
+
+def _stamp(root, profile: str, notebook: str, commit: str | None, modified: list[str] | None = None) -> None:
+    """An executed notebook carrying only what `sizes.source_run` reads: its provenance stamp."""
+    folder = root / "executed" / profile
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = {"commit": commit, "modified": modified or [], "profile": profile} if commit else {}
+    (folder / notebook).write_text(json.dumps({"metadata": {"prunelib": stamp}, "cells": []}), encoding="utf-8")
+
+
+def test_each_row_names_the_run_that_wrote_it_and_an_unstamped_one_is_flagged(two_sizes, tmp_path):
+    ablations = sizes.SOURCE_NOTEBOOKS[handoff.ABLATION]
+    allocations = sizes.SOURCE_NOTEBOOKS[handoff.ALLOCATION_RESULTS]
+    _stamp(tmp_path, "small", ablations, "a" * 40)
+    _stamp(tmp_path, "small", allocations, "b" * 40, modified=["prunelib/sweep.py"])
+    _stamp(tmp_path, "big", ablations, None)  # an executed notebook from before the stamps
+    table = sizes.size_table(two_sizes).set_index(["profile", "effect"])
+    assert table.loc[("small", "decoder FFN 50%"), "run"] == "a" * 12
+    assert table.loc[("small", "best matched allocation 40%"), "run"] == "b" * 12 + " with uncommitted changes"
+    assert table.loc[("big", "decoder FFN 50%"), "run"] == sizes.NOT_RECORDED
+    line = next(x for x in readings.sizes(table.reset_index()) if "more than one run" in x)
+    assert f"big 03: {sizes.NOT_RECORDED}" in line and "small 03: aaaaaaaaaaaa" in line and "earlier run" in line
+    rendered = report.sizes_table(table.reset_index()).splitlines()
+    assert rendered[0].endswith("| run |") and any(f"| {sizes.NOT_RECORDED} |" in row for row in rendered[2:])
+
+
+def test_rows_of_one_recorded_run_need_no_word_on_runs(two_sizes, tmp_path):
+    for profile in two_sizes:
+        for notebook in sizes.SOURCE_NOTEBOOKS.values():
+            _stamp(tmp_path, profile, notebook, "c" * 40)
+    assert not [line for line in readings.sizes(sizes.size_table(two_sizes)) if "more than one run" in line]
