@@ -203,8 +203,8 @@ def _runs(table: pd.DataFrame) -> list[str]:
     named = "; ".join(f"{profile} {notebook[kind]}: {run}" for (profile, kind), run in runs.items())
     line = f"- The rows come from more than one run ({named})."
     if NOT_RECORDED in set(runs):
-        line += (f" A '{NOT_RECORDED}' run left no stamped notebook in executed/ (an earlier run, or one run by "
-                 "hand): its rows are that run's numbers, which this code may no longer give.")
+        line += (f" No stamped notebook in executed/ vouches for a '{NOT_RECORDED}' table (an earlier run's, or one "
+                 "rewritten since by hand): its rows are that run's numbers, which this code may no longer give.")
     return [line]
 
 

@@ -36,6 +36,8 @@ EFFECTS = (
 SOURCE_NOTEBOOKS = {handoff.ABLATION: "03_component_ablations.ipynb",
                     handoff.ALLOCATION_RESULTS: "04_global_vs_sensitivity_aware.ipynb"}
 NOT_RECORDED = "not recorded"
+# A table written this long after its notebook was published was rewritten since, by another run.
+REWRITTEN_AFTER_S = 60
 
 
 WHISPER_ENCODER_LAYERS = {"tiny": 4, "base": 6, "small": 12, "medium": 24, "large": 32}  # Radford et al. 2022
@@ -78,13 +80,15 @@ def check_order(models: Sequence[str]) -> None:
 def source_run(profile: str, table_name: str) -> str:
     """The commit (12 characters) of the run that wrote one of a profile's source tables, from its notebook's stamp.
 
-    NOT_RECORDED where executed/<profile>/ holds no stamped copy of that notebook: a run older than
-    the stamps, or a notebook run by hand. Rows from such a run are that run's numbers, not this code's.
+    NOT_RECORDED where executed/<profile>/ holds no stamped copy of that notebook (a run older than
+    the stamps), or where the table was written well after that copy (rewritten since, by a notebook
+    run by hand, say). Rows from such a run are that run's numbers, not necessarily this code's.
     """
     from prunelib.publish import read_provenance  # nbformat takes seconds to import
 
     path = project_root() / "executed" / profile / SOURCE_NOTEBOOKS[table_name]
-    if not path.exists():
+    table = handoff.summary_folder(profile) / table_name
+    if not path.exists() or (table.exists() and table.stat().st_mtime > path.stat().st_mtime + REWRITTEN_AFTER_S):
         return NOT_RECORDED
     record = read_provenance(json.loads(path.read_text(encoding="utf-8"))["metadata"])
     if not record["commit"]:

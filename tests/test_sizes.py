@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -151,7 +152,7 @@ def test_each_row_names_the_run_that_wrote_it_and_an_unstamped_one_is_flagged(tw
     assert table.loc[("small", "best matched allocation 40%"), "run"] == "b" * 12 + " with uncommitted changes"
     assert table.loc[("big", "decoder FFN 50%"), "run"] == sizes.NOT_RECORDED
     line = next(x for x in readings.sizes(table.reset_index()) if "more than one run" in x)
-    assert f"big 03: {sizes.NOT_RECORDED}" in line and "small 03: aaaaaaaaaaaa" in line and "earlier run" in line
+    assert f"big 03: {sizes.NOT_RECORDED}" in line and "small 03: aaaaaaaaaaaa" in line and "an earlier run's" in line
     rendered = report.sizes_table(table.reset_index()).splitlines()
     assert rendered[0].endswith("| run |") and any(f"| {sizes.NOT_RECORDED} |" in row for row in rendered[2:])
 
@@ -161,3 +162,12 @@ def test_rows_of_one_recorded_run_need_no_word_on_runs(two_sizes, tmp_path):
         for notebook in sizes.SOURCE_NOTEBOOKS.values():
             _stamp(tmp_path, profile, notebook, "c" * 40)
     assert not [line for line in readings.sizes(sizes.size_table(two_sizes)) if "more than one run" in line]
+
+
+def test_a_table_rewritten_after_its_notebook_was_published_is_not_credited_to_that_run(two_sizes, tmp_path):
+    _stamp(tmp_path, "small", sizes.SOURCE_NOTEBOOKS[handoff.ABLATION], "d" * 40)
+    assert sizes.source_run("small", handoff.ABLATION) == "d" * 12
+    table = tmp_path / "results" / "small" / "summary" / handoff.ABLATION
+    later = table.stat().st_mtime + sizes.REWRITTEN_AFTER_S + 60
+    os.utime(table, (later, later))  # the notebook run again by hand: the stamp is the earlier run's
+    assert sizes.source_run("small", handoff.ABLATION) == sizes.NOT_RECORDED
