@@ -282,8 +282,8 @@ def cross_dataset_claim(cross: pd.DataFrame, model: str, system: str = "decoder 
 
 
 def claims_table(summaries: Path, model: str) -> pd.DataFrame:
-    """Every claim we have results for, read from a profile's summary folder."""
-    verdicts: list[Verdict] = []
+    """Every claim we have results for, read from a profile's summary folder, with the run behind each."""
+    rows: list[dict] = []
     sources = {handoff.ABLATION: lambda t: ablation_claims(t, model),
                handoff.ALLOCATION_RESULTS: lambda t: allocation_claims(t, model),
                handoff.CROSS_DATASET: lambda t: cross_dataset_claim(t, model)}
@@ -291,10 +291,12 @@ def claims_table(summaries: Path, model: str) -> pd.DataFrame:
     for name, judge in sources.items():
         path = Path(summaries) / name
         if path.exists():
-            verdicts += judge(pd.read_csv(path))
+            # which run wrote the table: a verdict on an earlier run's numbers must say so
+            run = {"notebook": handoff.SOURCE_NOTEBOOKS[name][:2], "run": handoff.source_run(summaries, name)}
+            rows += [{**vars(verdict), **run} for verdict in judge(pd.read_csv(path))]
         else:
             missing.append(name)
-    table = pd.DataFrame([vars(v) for v in verdicts])
+    table = pd.DataFrame(rows)
     table.attrs["missing"] = missing
     return table
 

@@ -5,6 +5,7 @@ export of notebook 04 under exports/<profile>/; no notebook spells a file name o
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,15 @@ SIZES = "07_model_sizes.csv"  # notebook 07: the headline effects per model size
 SIZE_CLAIMS = "07_claims_by_size.csv"  # notebook 07: notebook 06's verdicts for every size
 
 
+# The notebook whose stamped copy in executed/<profile>/ vouches for each table a later notebook judges.
+SOURCE_NOTEBOOKS = {ABLATION: "03_component_ablations.ipynb",
+                    ALLOCATION_RESULTS: "04_global_vs_sensitivity_aware.ipynb",
+                    CROSS_DATASET: "05_cross_dataset.ipynb"}
+NOT_RECORDED = "not recorded"
+# A table written this long after its notebook was published was rewritten since, by another run.
+REWRITTEN_AFTER_S = 60
+
+
 def ablation_file(language: str) -> str:
     """Notebook 03's table of one pipeline, rewritten after every row so that a long sweep shows progress."""
     return f"03_ablation_{language}.csv"
@@ -47,6 +57,28 @@ def ablation_file(language: str) -> str:
 def summary_folder(profile: str) -> Path:
     """Where a profile's summary tables live (`notebooks.output_dirs` creates it; readers never do)."""
     return project_root() / "results" / profile / "summary"
+
+
+def source_run(summaries: Path, name: str) -> str:
+    """The commit (12 characters) of the run that wrote summary table `name`, from its notebook's stamp.
+
+    The stamp is that of the notebook's executed copy in executed/<profile>/, beside the profile's
+    summary folder. NOT_RECORDED where there is no stamped copy (a run older than the stamps), or
+    where the table was written well after it (rewritten since, by a notebook run by hand, say):
+    such a table holds that run's numbers, which the present code may no longer give.
+    """
+    from prunelib.publish import read_provenance  # nbformat takes seconds to import
+
+    table = Path(summaries) / name
+    executed = project_root() / "executed" / Path(summaries).parent.name / SOURCE_NOTEBOOKS[name]
+    if not executed.exists():
+        return NOT_RECORDED
+    if table.exists() and table.stat().st_mtime > executed.stat().st_mtime + REWRITTEN_AFTER_S:
+        return NOT_RECORDED
+    record = read_provenance(json.loads(executed.read_text(encoding="utf-8"))["metadata"])
+    if not record["commit"]:
+        return NOT_RECORDED
+    return record["commit"] + (" with uncommitted changes" if record["modified"] else "")
 
 
 def write_summary(summaries: Path, name: str, table: pd.DataFrame) -> Path:

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from prunelib.sizes import NOT_RECORDED  # noqa: E402
+from prunelib.handoff import NOT_RECORDED  # noqa: E402
 
 PIPELINE_LABELS = {"en": "standard\n(English forced)", "auto": "paper's\n(language detected)"}
 
@@ -314,7 +314,7 @@ def plot_size_trend(table: pd.DataFrame, paper_model: str, path: str | Path, tit
 
     `table` is `sizes.size_table`'s: models in the order given (smallest first); rows not measured
     leave a gap. The paper's point is drawn only where the paper states a number at that level.
-    Rows of a run that left no stamped notebook (`sizes.NOT_RECORDED`) are drawn hollow.
+    Rows of a run that left no stamped notebook (`handoff.NOT_RECORDED`) are drawn hollow.
     """
     effects = list(dict.fromkeys(table["effect"]))
     models = list(dict.fromkeys(table["model"]))

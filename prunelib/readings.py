@@ -8,8 +8,8 @@ import pandas as pd
 from prunelib import claims
 from prunelib.allocation import SENSITIVITY_AWARE
 from prunelib.corpora import Corpus
+from prunelib.handoff import NOT_RECORDED
 from prunelib.models import LoadedModel
-from prunelib.sizes import NOT_RECORDED
 from prunelib.sweep import best_allocator, target_miss
 
 
@@ -179,10 +179,30 @@ def cross_dataset(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def runs(table: pd.DataFrame) -> list[str]:
+    """Notebooks 06, 07: a line naming the runs behind a table's rows, unless all are one recorded run.
+
+    `table` has `notebook` and `run` columns (`handoff.source_run`), and `profile` where it spans profiles.
+    """
+    if "run" not in table or not len(table):
+        return []
+    keys = [key for key in ("profile", "notebook") if key in table]
+    found = table.dropna(subset=["run"]).groupby(keys, sort=False)["run"].first()
+    if found.nunique() <= 1 and NOT_RECORDED not in set(found):
+        return []
+    named = "; ".join(f"{' '.join(key) if isinstance(key, tuple) else key}: {run}" for key, run in found.items())
+    line = f"- The rows come from {'more than one run' if found.nunique() > 1 else 'one run'} (notebook {named})."
+    if NOT_RECORDED in set(found):
+        line += (f" No stamped notebook in executed/ vouches for a '{NOT_RECORDED}' table (an earlier run's, or one "
+                 "rewritten since by hand): its rows are that run's numbers, which this code may no longer give.")
+    return [line]
+
+
 def verdicts(table: pd.DataFrame, model: str) -> list[str]:
-    """Notebook 06: the count of each verdict, then one line per claim."""
+    """Notebook 06: the count of each verdict, the runs behind them where they differ, then one line per claim."""
     counts = table["verdict"].value_counts().to_dict() if len(table) else {}
     lines = [f"{len(table)} verdicts on {model}: " + ", ".join(f"{n} {v}" for v, n in counts.items())]
+    lines += runs(table)
     lines += [f"- {row.claim} ({row.setting}): paper {row.paper}; here {row.ours}, interval {row.interval} "
               f"-> {row.verdict}" for row in table.itertuples()]
     return lines
@@ -191,21 +211,6 @@ def verdicts(table: pd.DataFrame, model: str) -> list[str]:
 # ---- 07 ------------------------------------------------------------------------------------
 
 
-def _runs(table: pd.DataFrame) -> list[str]:
-    """Notebook 07: one line naming the runs behind its rows, when they are not all one recorded run."""
-    if "run" not in table:
-        return []
-    measured = table[table["status"] == "measured"]
-    runs = measured.groupby(["profile", "kind"], sort=False)["run"].first()
-    if runs.nunique() <= 1 and NOT_RECORDED not in set(runs):
-        return []
-    notebook = {"component": "03", "allocation": "04"}
-    named = "; ".join(f"{profile} {notebook[kind]}: {run}" for (profile, kind), run in runs.items())
-    line = f"- The rows come from more than one run ({named})."
-    if NOT_RECORDED in set(runs):
-        line += (f" No stamped notebook in executed/ vouches for a '{NOT_RECORDED}' table (an earlier run's, or one "
-                 "rewritten since by hand): its rows are that run's numbers, which this code may no longer give.")
-    return [line]
 
 
 def sizes(table: pd.DataFrame) -> list[str]:
@@ -220,7 +225,7 @@ def sizes(table: pd.DataFrame) -> list[str]:
     if len(datasets) > 1:
         lines.append(f"- The sizes were measured on different data ({', '.join(datasets)}): their intervals "
                      "do not come from the same utterances.")
-    lines += _runs(table)
+    lines += runs(table[table["status"] == "measured"])
     for effect, rows in table.groupby("effect", sort=False):
         measured = rows[rows["status"] == "measured"]
         paper = rows["paper_relative"].dropna()

@@ -34,7 +34,9 @@ def _change(row: pd.Series | dict) -> str:
 
 def claims_table(verdicts: pd.DataFrame) -> str:
     """Notebook 06's verdict table."""
-    table = verdicts[["claim", "setting", "paper", "ours", "interval", "verdict"]].rename(
+    # a table from before notebook 06 named its runs cannot vouch for any of them
+    verdicts = verdicts if "run" in verdicts else verdicts.assign(run=handoff.NOT_RECORDED)
+    table = verdicts[["claim", "setting", "paper", "ours", "interval", "verdict", "run"]].rename(
         columns={"paper": "paper (whisper-small)", "ours": "here"})
     return _markdown(table)
 

@@ -1,7 +1,6 @@
 """Notebook 07: the paper's headline effects per model size, read from each size's summary tables."""
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import pandas as pd
@@ -30,14 +29,6 @@ EFFECTS = (
     # The paper's number here is its sensitivity-aware allocation; ours is the best method of the table.
     ("best matched allocation", None, "sensitivity-aware 40% near baseline"),
 )
-
-
-# The notebook whose stamped copy in executed/<profile>/ records the run that wrote each source table.
-SOURCE_NOTEBOOKS = {handoff.ABLATION: "03_component_ablations.ipynb",
-                    handoff.ALLOCATION_RESULTS: "04_global_vs_sensitivity_aware.ipynb"}
-NOT_RECORDED = "not recorded"
-# A table written this long after its notebook was published was rewritten since, by another run.
-REWRITTEN_AFTER_S = 60
 
 
 WHISPER_ENCODER_LAYERS = {"tiny": 4, "base": 6, "small": 12, "medium": 24, "large": 32}  # Radford et al. 2022
@@ -77,25 +68,6 @@ def check_order(models: Sequence[str]) -> None:
         raise ValueError(f"list the profiles smallest model first; got {', '.join(models)}")
 
 
-def source_run(profile: str, table_name: str) -> str:
-    """The commit (12 characters) of the run that wrote one of a profile's source tables, from its notebook's stamp.
-
-    NOT_RECORDED where executed/<profile>/ holds no stamped copy of that notebook (a run older than
-    the stamps), or where the table was written well after that copy (rewritten since, by a notebook
-    run by hand, say). Rows from such a run are that run's numbers, not necessarily this code's.
-    """
-    from prunelib.publish import read_provenance  # nbformat takes seconds to import
-
-    path = project_root() / "executed" / profile / SOURCE_NOTEBOOKS[table_name]
-    table = handoff.summary_folder(profile) / table_name
-    if not path.exists() or (table.exists() and table.stat().st_mtime > path.stat().st_mtime + REWRITTEN_AFTER_S):
-        return NOT_RECORDED
-    record = read_provenance(json.loads(path.read_text(encoding="utf-8"))["metadata"])
-    if not record["commit"]:
-        return NOT_RECORDED
-    return record["commit"] + (" with uncommitted changes" if record["modified"] else "")
-
-
 def paper_relative(change: float | None) -> float | None:
     """The paper's change as a percentage of its dense WER: the scale on which sizes are compared with it."""
     return None if change is None else round(100 * change / claims.PAPER_DENSE, 1)
@@ -133,7 +105,7 @@ def _best_allocation(table: pd.DataFrame, target: float) -> dict | None:
 
 
 MEASURED_COLUMNS = ["method", "sparsity", "spec", "n", "dense_wer", "wer", "delta_wer", "delta_lo", "delta_hi",
-                    "relative_change", "here", "run"]
+                    "relative_change", "here", "notebook", "run"]
 
 
 def size_table(profiles: Sequence[str], sparsity: float = PAPER_SPARSITY, target: float = PAPER_TARGET) -> pd.DataFrame:
@@ -143,7 +115,7 @@ def size_table(profiles: Sequence[str], sparsity: float = PAPER_SPARSITY, target
     `target` from notebook 04. A profile not run yet, or one whose tables lack an effect at exactly
     that level, gives a row whose `status` says what is missing; nothing is filled in from another
     level. The paper's change is given only at the paper's own levels. `run` says which commit's
-    run wrote each row's table (`source_run`), so that rows of different runs are told apart.
+    run wrote each row's table (`handoff.source_run`), so that rows of different runs are told apart.
     """
     if not profiles:
         raise ValueError("notebook 07 needs at least one profile")
@@ -169,7 +141,8 @@ def size_table(profiles: Sequence[str], sparsity: float = PAPER_SPARSITY, target
                 continue
             found = _ablation_effect(table, group, level) if group else _best_allocation(table, level)
             status = "measured" if found else f"not in {source} at {level:.0%} (pipeline '{COMPARISON_PIPELINE}')"
-            rows.append({**base, **(found or {}), "status": status, "run": source_run(profile, source)})
+            rows.append({**base, **(found or {}), "status": status, "notebook": handoff.SOURCE_NOTEBOOKS[source][:2],
+                         "run": handoff.source_run(folder, source)})
     table = pd.DataFrame(rows)
     # Every measurement column exists even when nothing is measured yet: readers and the plot rely on them.
     return table.reindex(columns=[*table.columns, *(c for c in MEASURED_COLUMNS if c not in table.columns)])

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny randomly initialised Whisper, the real whisper-tiny.en, and the shared data root."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -63,3 +64,16 @@ def tiny_en() -> LoadedModel:
         return load_model("openai/whisper-tiny.en")
     except ModelNotFoundError as err:
         pytest.skip(str(err))
+
+
+@pytest.fixture
+def stamp_executed():
+    """Write an executed notebook under <root>/executed/<profile>/ carrying only its provenance stamp."""
+    def stamp(root: Path, profile: str, notebook: str, commit: str | None, modified: list[str] | None = None) -> Path:
+        folder = root / "executed" / profile
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"commit": commit, "modified": modified or [], "profile": profile} if commit else {}
+        path = folder / notebook
+        path.write_text(json.dumps({"metadata": {"prunelib": record}, "cells": []}), encoding="utf-8")
+        return path
+    return stamp

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from prunelib import claims, readings
+from prunelib import claims, handoff, readings
 
 
 def _row(wer: float, lo: float, hi: float, delta: float | None = None) -> pd.Series:
@@ -52,6 +52,24 @@ def test_claims_table_reads_ablation_and_reports_missing(tmp_path):
         == "10.00 -> 30.00 at 50% (0 of 2 swept groups hurt more)"
     )
     assert table.attrs["missing"] == ["04_results.csv", "05_cross_dataset.csv"]
+
+
+def test_each_verdict_names_the_run_of_its_table(tmp_path, monkeypatch, stamp_executed):
+    monkeypatch.setattr(handoff, "project_root", lambda: tmp_path)
+    summaries = tmp_path / "results" / "p" / "summary"
+    summaries.mkdir(parents=True)
+    pd.DataFrame([{"component": "dense", "spec": "dense", "requested_sparsity": 0.0, "language": "en", "n": 50,
+                   "wer": 10.0, "delta_wer": 0.0, "delta_lo": 0.0, "delta_hi": 0.0},
+                  {"component": "decoder FFN", "spec": "decoder.ffn=0.5", "requested_sparsity": 0.5, "language": "en",
+                   "n": 50, "wer": 30.0, "delta_wer": 20.0, "delta_lo": 12.0, "delta_hi": 28.0}]
+                 ).to_csv(summaries / handoff.ABLATION, index=False)
+    table = claims.claims_table(summaries, "tiny")
+    assert table[["notebook", "run"]].drop_duplicates().values.tolist() == [["03", handoff.NOT_RECORDED]]
+    assert any("one run (notebook 03: not recorded)" in line for line in readings.verdicts(table, "tiny"))
+    stamp_executed(tmp_path, "p", handoff.SOURCE_NOTEBOOKS[handoff.ABLATION], "e" * 40)
+    table = claims.claims_table(summaries, "tiny")
+    assert set(table["run"]) == {"e" * 12}
+    assert not any("The rows come from" in line for line in readings.verdicts(table, "tiny"))
 
 
 def test_hurt_more_counts_only_groups_at_the_same_sparsity():

@@ -1,7 +1,6 @@
 """Notebook 07's cross-size table: exact levels only, missing sizes named, the paper's numbers only at its levels."""
 from __future__ import annotations
 
-import json
 import os
 
 import pandas as pd
@@ -133,41 +132,36 @@ def test_a_claims_table_per_size_carries_the_model(two_sizes):
     assert (verdicts.groupby("model")["claim"].apply(lambda c: "decoder FFN fragile" in set(c))).all()
 
 
-def _stamp(root, profile: str, notebook: str, commit: str | None, modified: list[str] | None = None) -> None:
-    """An executed notebook carrying only what `sizes.source_run` reads: its provenance stamp."""
-    folder = root / "executed" / profile
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = {"commit": commit, "modified": modified or [], "profile": profile} if commit else {}
-    (folder / notebook).write_text(json.dumps({"metadata": {"prunelib": stamp}, "cells": []}), encoding="utf-8")
 
-
-def test_each_row_names_the_run_that_wrote_it_and_an_unstamped_one_is_flagged(two_sizes, tmp_path):
-    ablations = sizes.SOURCE_NOTEBOOKS[handoff.ABLATION]
-    allocations = sizes.SOURCE_NOTEBOOKS[handoff.ALLOCATION_RESULTS]
-    _stamp(tmp_path, "small", ablations, "a" * 40)
-    _stamp(tmp_path, "small", allocations, "b" * 40, modified=["prunelib/sweep.py"])
-    _stamp(tmp_path, "big", ablations, None)  # an executed notebook from before the stamps
+def test_each_row_names_the_run_that_wrote_it_and_an_unstamped_one_is_flagged(two_sizes, tmp_path, stamp_executed):
+    ablations = handoff.SOURCE_NOTEBOOKS[handoff.ABLATION]
+    allocations = handoff.SOURCE_NOTEBOOKS[handoff.ALLOCATION_RESULTS]
+    stamp_executed(tmp_path, "small", ablations, "a" * 40)
+    stamp_executed(tmp_path, "small", allocations, "b" * 40, modified=["prunelib/sweep.py"])
+    stamp_executed(tmp_path, "big", ablations, None)  # an executed notebook from before the stamps
     table = sizes.size_table(two_sizes).set_index(["profile", "effect"])
     assert table.loc[("small", "decoder FFN 50%"), "run"] == "a" * 12
     assert table.loc[("small", "best matched allocation 40%"), "run"] == "b" * 12 + " with uncommitted changes"
-    assert table.loc[("big", "decoder FFN 50%"), "run"] == sizes.NOT_RECORDED
+    assert table.loc[("big", "decoder FFN 50%"), "run"] == handoff.NOT_RECORDED
     line = next(x for x in readings.sizes(table.reset_index()) if "more than one run" in x)
-    assert f"big 03: {sizes.NOT_RECORDED}" in line and "small 03: aaaaaaaaaaaa" in line and "an earlier run's" in line
+    assert f"big 03: {handoff.NOT_RECORDED}" in line and "small 03: aaaaaaaaaaaa" in line and "an earlier run's" in line
     rendered = report.sizes_table(table.reset_index()).splitlines()
-    assert rendered[0].endswith("| run |") and any(f"| {sizes.NOT_RECORDED} |" in row for row in rendered[2:])
+    assert rendered[0].endswith("| run |") and any(f"| {handoff.NOT_RECORDED} |" in row for row in rendered[2:])
 
 
-def test_rows_of_one_recorded_run_need_no_word_on_runs(two_sizes, tmp_path):
+def test_rows_of_one_recorded_run_need_no_word_on_runs(two_sizes, tmp_path, stamp_executed):
     for profile in two_sizes:
-        for notebook in sizes.SOURCE_NOTEBOOKS.values():
-            _stamp(tmp_path, profile, notebook, "c" * 40)
+        for notebook in handoff.SOURCE_NOTEBOOKS.values():
+            stamp_executed(tmp_path, profile, notebook, "c" * 40)
     assert not [line for line in readings.sizes(sizes.size_table(two_sizes)) if "more than one run" in line]
 
 
-def test_a_table_rewritten_after_its_notebook_was_published_is_not_credited_to_that_run(two_sizes, tmp_path):
-    _stamp(tmp_path, "small", sizes.SOURCE_NOTEBOOKS[handoff.ABLATION], "d" * 40)
-    assert sizes.source_run("small", handoff.ABLATION) == "d" * 12
+def test_a_table_rewritten_after_its_notebook_was_published_is_not_credited_to_that_run(two_sizes, tmp_path,
+                                                                                        stamp_executed):
+    stamp_executed(tmp_path, "small", handoff.SOURCE_NOTEBOOKS[handoff.ABLATION], "d" * 40)
+    small = tmp_path / "results" / "small" / "summary"
+    assert handoff.source_run(small, handoff.ABLATION) == "d" * 12
     table = tmp_path / "results" / "small" / "summary" / handoff.ABLATION
-    later = table.stat().st_mtime + sizes.REWRITTEN_AFTER_S + 60
+    later = table.stat().st_mtime + handoff.REWRITTEN_AFTER_S + 60
     os.utime(table, (later, later))  # the notebook run again by hand: the stamp is the earlier run's
-    assert sizes.source_run("small", handoff.ABLATION) == sizes.NOT_RECORDED
+    assert handoff.source_run(small, handoff.ABLATION) == handoff.NOT_RECORDED
