@@ -330,7 +330,8 @@ def plot_size_trend(table: pd.DataFrame, paper_model: str, path: str | Path, tit
         unrecorded = rows["run"] == NOT_RECORDED if "run" in rows else pd.Series(False, index=rows.index)
         if unrecorded.any():  # an earlier run's numbers: hollow, so that they are not read as this code's
             ax.plot([models.index(m) for m in rows.loc[unrecorded, "model"]], rows.loc[unrecorded, "delta_wer"],
-                    "o", mfc="white", color="#4c72b0", label="from a run with no stamped notebook")
+                    "o", ls="none", ms=7, mfc="white", mec="#4c72b0", mew=1.5, zorder=5,
+                    label="from a run with no stamped notebook")
         for xi, row in zip(x, rows.itertuples(), strict=True):
             if row.kind == "allocation":  # which allocator was best differs between sizes
                 ax.annotate(row.method, (xi, row.delta_wer), xytext=(4, 4), textcoords="offset points", fontsize=7)
@@ -345,7 +346,10 @@ def plot_size_trend(table: pd.DataFrame, paper_model: str, path: str | Path, tit
         ax.set_xlim(-0.5, len(models) - 0.5)
         ax.set_title(effect, fontsize=9)
     axes[0][0].set_ylabel("WER change vs the same size's dense model\n(points, symlog above 5)")
-    axes[0][-1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+    # one legend for every panel's marks: the hollow mark may appear in any of them
+    handles = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7, frameon=False, loc="upper left",
+                       bbox_to_anchor=(1.01, 1))
     fig.suptitle(title or "do the paper's effects move with model size? (paired 95% intervals)", fontsize=10)
     fig.tight_layout()
     return save(fig, path)

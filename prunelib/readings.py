@@ -190,8 +190,10 @@ def runs(table: pd.DataFrame) -> list[str]:
     found = table.dropna(subset=["run"]).groupby(keys, sort=False)["run"].first()
     if found.nunique() <= 1 and NOT_RECORDED not in set(found):
         return []
-    named = "; ".join(f"{' '.join(key) if isinstance(key, tuple) else key}: {run}" for key, run in found.items())
-    line = f"- The rows come from {'more than one run' if found.nunique() > 1 else 'one run'} (notebook {named})."
+    # keys are (profile, notebook) or notebook alone
+    named = "; ".join(f"{key[0]}'s {key[1]}: {run}" if isinstance(key, tuple) else f"notebook {key}: {run}"
+                      for key, run in found.items())
+    line = f"- The rows come from {'more than one run' if found.nunique() > 1 else 'one run'} ({named})."
     if NOT_RECORDED in set(found):
         line += (f" No stamped notebook in executed/ vouches for a '{NOT_RECORDED}' table (an earlier run's, or one "
                  "rewritten since by hand): its rows are that run's numbers, which this code may no longer give.")
