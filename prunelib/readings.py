@@ -213,8 +213,6 @@ def verdicts(table: pd.DataFrame, model: str) -> list[str]:
 # ---- 07 ------------------------------------------------------------------------------------
 
 
-
-
 def sizes(table: pd.DataFrame) -> list[str]:
     """Notebook 07: per effect, its change from the smallest to the largest size measured, against the paper's.
 
