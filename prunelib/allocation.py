@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -505,13 +506,14 @@ def owl(model: nn.Module, target: float, norms: Mapping[str, torch.Tensor], lam:
 
 
 def with_sparsegpt(model: nn.Module, allocation: Allocation, examples: Sequence[Example],
-                   progress: bool = False, **options) -> Allocation:
+                   progress: bool = False, cache_dir: Path | None = None, **options) -> Allocation:
     """`allocation`'s weights per matrix (as its spec takes them by magnitude), chosen and compensated by SparseGPT.
 
     Named ``sparsegpt`` on the uniform allocation, ``sparsegpt+<allocator>`` on another one.
-    `options` go to `sparsegpt.sparsegpt` (blocksize, percdamp, mask_block).
+    `cache_dir`: where calibrations are kept for reruns (`sparsegpt.cached_sparsegpt`; None: not
+    kept). `options` go to `sparsegpt.sparsegpt` (blocksize, percdamp, mask_block).
     """
-    result = sgpt.sparsegpt(model, allocation.spec, examples, progress=progress, **options)
+    result = sgpt.cached_sparsegpt(model, allocation.spec, examples, cache_dir, progress=progress, **options)
     name = "sparsegpt" if allocation.name == "uniform" else f"sparsegpt+{allocation.name}"
     return Allocation(name, allocation.target, allocation.spec, importance=result.keep_scores(),
                       importance_name=f"sparsegpt-{result.digest()}", weights=result.weights)
@@ -524,14 +526,16 @@ def allocate(name: str, model: nn.Module, target: float, scores: pd.DataFrame | 
              norms: Mapping[str, torch.Tensor] | None = None, seed: int = 0, cap: float = 0.7,
              owl_lambda: float = 0.08, owl_outlier: float = 5.0,
              wanda_scores: Mapping[str, torch.Tensor] | None = None,
-             examples: Sequence[Example] | None = None, curves: pd.DataFrame | None = None) -> Allocation:
+             examples: Sequence[Example] | None = None, curves: pd.DataFrame | None = None,
+             cache_dir: Path | None = None) -> Allocation:
     """The allocation of allocator `name` (one of ALLOCATORS) at `target`.
 
     `scores`: per-component table indexed by component with `fisher` and `gradient` columns
     (sensitivity allocators); `norms`: `collect_input_norms` output (wanda, owl), with
     `wanda_scores` = `wanda_importance(model, norms)` to compute them once for many targets;
-    `examples`: teacher-forced calibration examples (the SparseGPT allocators); `curves`: damage
-    curves measured on calibration utterances (`sweep.damage_curves`; the empirical allocators).
+    `examples`: teacher-forced calibration examples (the SparseGPT allocators), whose calibrations
+    are kept under `cache_dir` when given; `curves`: damage curves measured on calibration
+    utterances (`sweep.damage_curves`; the empirical allocators).
     """
     if name in NEEDS_EXAMPLES:
         if not examples:
@@ -539,7 +543,7 @@ def allocate(name: str, model: nn.Module, target: float, scores: pd.DataFrame | 
         base = name.split("+", 1)[1] if "+" in name else "uniform"
         inner = allocate(base, model, target, norms=norms, owl_lambda=owl_lambda, owl_outlier=owl_outlier,
                          wanda_scores=wanda_scores, cap=cap, curves=curves)
-        return with_sparsegpt(model, inner, examples)
+        return with_sparsegpt(model, inner, examples, cache_dir=cache_dir)
     if name == "empirical":
         if curves is None:
             raise ValueError("empirical needs damage curves measured on calibration utterances (sweep.damage_curves)")
@@ -570,7 +574,8 @@ def allocation_plan(model: nn.Module, allocators: Sequence[str], targets: Sequen
                     seed: int = 0, **settings) -> list[Allocation]:
     """Every allocator of `allocators` at every target (the random one once per seed), then the paper's table.
 
-    `settings` go to `allocate` (scores, norms, cap, owl_lambda, owl_outlier, wanda_scores).
+    `settings` go to `allocate` (scores, norms, cap, owl_lambda, owl_outlier, wanda_scores, examples, curves,
+    cache_dir).
     """
     jobs = [(target, name, allocation_seed) for target in targets for name in allocators if name != "paper"
             for allocation_seed in (seeds if name == "random" else [seed])]

@@ -21,14 +21,14 @@ import pandas as pd
 
 
 @contextlib.contextmanager
-def _atomic_open(path: str | os.PathLike) -> Iterator[IO[str]]:
-    """A text handle whose content replaces `path` only if the block finishes without error."""
+def _atomic_open(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
+    """A text (or `binary`) handle whose content replaces `path` only if the block finishes without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A dot-prefixed name keeps half-written files out of globs like "*.jsonl".
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -90,6 +90,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write text, replacing `path` atomically."""
     with _atomic_open(path) as handle:
         handle.write(text)
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes, replacing `path` atomically."""
+    with _atomic_open(path, binary=True) as handle:
+        handle.write(data)
     return Path(path)
 
 

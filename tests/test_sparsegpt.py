@@ -148,3 +148,52 @@ def test_replacement_weights_must_lie_inside_the_spec(model):
         assert int((~kept).sum()) == round(0.5 * before.numel())
         assert reversed_order[kept].min() >= reversed_order[~kept].max()
     assert torch.equal(params[encoder_fc1], before)
+
+
+def test_a_cached_calibration_reads_back_bit_exactly_without_calibrating_again(model, examples, tmp_path, monkeypatch):
+    first = sgpt.cached_sparsegpt(model, "global:local=0.4", examples, tmp_path, blocksize=16, progress=False)
+    (saved,) = tmp_path.glob("*.pt")
+    monkeypatch.setattr(sgpt, "sparsegpt", lambda *args, **kwargs: pytest.fail("calibrated again"))
+    again = sgpt.cached_sparsegpt(model, "global:local=0.4", examples, tmp_path, blocksize=16, progress=False)
+    assert again.digest() == first.digest() and set(again.masks) == set(first.masks)
+    assert all(torch.equal(again.masks[name], mask) for name, mask in first.masks.items())
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+    assert saved.exists()
+
+
+def test_the_cache_key_follows_spec_examples_settings_and_weights(model, examples, tmp_path):
+    def run(spec="global:local=0.4", calibration=examples, blocksize=16):
+        return sgpt.cached_sparsegpt(model, spec, calibration, tmp_path, blocksize=blocksize, progress=False)
+
+    run()
+    run(spec="global:local=0.3")
+    run(calibration=examples[:2])
+    run(blocksize=8)
+    params = dict(model.named_parameters())
+    name = "model.encoder.layers.0.fc1.weight"
+    before = params[name].detach().clone()
+    try:
+        params[name].data.mul_(2.0)
+        run()
+    finally:
+        params[name].data.copy_(before)
+    assert len(list(tmp_path.glob("*.pt"))) == 5
+
+
+def test_an_unreadable_or_foreign_cache_file_is_refused_by_name(model, examples, tmp_path):
+    sgpt.cached_sparsegpt(model, "global:local=0.4", examples, tmp_path, blocksize=16, progress=False)
+    (saved,) = tmp_path.glob("*.pt")
+    saved.write_bytes(saved.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"{saved.name}: unreadable SparseGPT cache file"):
+        sgpt.cached_sparsegpt(model, "global:local=0.4", examples, tmp_path, blocksize=16, progress=False)
+    torch.save({"key": "another", "weights": {}, "masks": {}, "seconds": 0.0, "n_examples": 0}, saved)
+    with pytest.raises(ValueError, match=f"{saved.name}: not the SparseGPT result"):
+        sgpt.cached_sparsegpt(model, "global:local=0.4", examples, tmp_path, blocksize=16, progress=False)
+
+
+def test_an_allocation_from_the_cache_is_the_one_computed_afresh(model, examples, tmp_path):
+    fresh = alloc.allocate("sparsegpt", model, 0.4, examples=examples)
+    alloc.allocate("sparsegpt", model, 0.4, examples=examples, cache_dir=tmp_path)
+    cached = alloc.allocate("sparsegpt", model, 0.4, examples=examples, cache_dir=tmp_path)
+    assert cached.importance_name == fresh.importance_name and cached.spec == fresh.spec
+    assert all(torch.equal(cached.importance[name], score) for name, score in fresh.importance.items())
