@@ -309,8 +309,8 @@ def cached_sparsegpt(model: nn.Module, spec: str, examples: Sequence[Example], c
                      progress: bool = True) -> SparseGPTResult:
     """`sparsegpt`'s result, read from `cache_dir` (<key>.pt) when an identical calibration was done before.
 
-    The key covers the model's weights, `spec`, the examples, the settings and torch's version,
-    so the file read back holds exactly the weights a fresh run would compute on this machine.
+    The key covers the model's weights, `spec`, the examples, the settings, torch's version and
+    the device type, so the file read back holds the weights a fresh run computes on this machine.
     A calibration takes minutes per allocation on a CPU; without the cache an interrupted sweep
     would redo all of them before it could reuse one cached evaluation. `cache_dir` None: no
     cache. A file holds the new weights and the masks of every pruned matrix, 5 bytes per weight
@@ -320,12 +320,13 @@ def cached_sparsegpt(model: nn.Module, spec: str, examples: Sequence[Example], c
     options = {"blocksize": blocksize, "percdamp": percdamp, "mask_block": mask_block}
     if cache_dir is None:
         return sparsegpt(model, spec, examples, progress=progress, **options)
+    device = next(model.parameters()).device
     key = results.cache_key(kind="sparsegpt", version=CACHE_VERSION, weights=weights_fingerprint(model), spec=spec,
-                            examples=examples_digest(examples), torch=torch.__version__, **options)
+                            examples=examples_digest(examples), torch=torch.__version__, device=device.type, **options)
     path = Path(cache_dir) / f"{key}.pt"
     if path.exists():
         log.info("SparseGPT %s: read from %s", spec, path)
-        return _load_result(path, key, next(model.parameters()).device)
+        return _load_result(path, key, device)
     result = sparsegpt(model, spec, examples, progress=progress, **options)
     buffer = io.BytesIO()
     torch.save({"key": key, "weights": result.weights, "masks": result.masks, "seconds": result.seconds,
