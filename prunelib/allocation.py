@@ -21,7 +21,6 @@ is reported beside it by `reached_sparsity`. Allocators:
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from prunelib import sparsegpt as sgpt
 from prunelib.calibration import Example, calibration_examples, label_texts
 from prunelib.components import TensorInfo, layer_thirds, layers_selector, list_components, num_layers
 from prunelib.corpora import Corpus
-from prunelib.models import LoadedModel
+from prunelib.models import LoadedModel, tensors_digest
 from prunelib.pruning import SparsityReport, parse_prune_spec, pruned, resolve
 
 ALLOCATORS = ("global+embed", "global", "uniform", "random", "wanda", "owl", "sparsegpt", "sparsegpt+owl",
@@ -72,15 +71,6 @@ class Allocation:
 def linear_tensors(model: nn.Module) -> list[TensorInfo]:
     """The prunable linear weight tensors (the target's denominator), in model order."""
     return [info for info in list_components(model) if info.prunable]
-
-
-def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """Short hash of named tensors, so cache keys change when calibration statistics do."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
 
 
 def _check_target(target: float) -> None:
@@ -444,7 +434,7 @@ def wanda(model: nn.Module, target: float, norms: Mapping[str, torch.Tensor],
     _check_target(target)
     importance = importance if importance is not None else wanda_importance(model, norms)
     return Allocation("wanda", target, f"global:local={_fmt(target)}",
-                      importance=importance, importance_name=f"wanda-{_digest(norms)}")
+                      importance=importance, importance_name=f"wanda-{tensors_digest(norms)}")
 
 
 @torch.no_grad()
@@ -499,7 +489,7 @@ def owl(model: nn.Module, target: float, norms: Mapping[str, torch.Tensor], lam:
     items = [f"{layer}:local={_fmt(p)}" for layer, p in zip(numel, sparsity, strict=True) if p > 0]
     importance = importance if importance is not None else wanda_importance(model, norms)
     return Allocation("owl", target, ",".join(items) or "dense", importance=importance,
-                      importance_name=f"wanda-{_digest(norms)}")
+                      importance_name=f"wanda-{tensors_digest(norms)}")
 
 
 # ---- SparseGPT inside any allocation ----------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,15 @@ class LoadedModel:
 def cache_root() -> Path:
     """Where converted offline models live ($PRUNELIB_CACHE, else ~/.cache/prunelib)."""
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "prunelib"))
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Short hash of named tensors' float values (12 hex digits), naming scores and new weights in cache keys."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from prunelib import results
 from prunelib.calibration import Example
 from prunelib.components import list_components
-from prunelib.models import weights_fingerprint
+from prunelib.models import tensors_digest, weights_fingerprint
 from prunelib.pruning import compute_masks
 
 log = logging.getLogger(__name__)
@@ -175,11 +175,7 @@ class SparseGPTResult:
 
     def digest(self) -> str:
         """A short hash of the new weights, naming them in cache keys."""
-        digest = hashlib.sha256()
-        for name in sorted(self.weights):
-            digest.update(name.encode())
-            digest.update(self.weights[name].detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:12]
+        return tensors_digest(self.weights)
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, int, dict[str, str]]]:
