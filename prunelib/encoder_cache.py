@@ -12,13 +12,14 @@ CROSS_BUDGET_ENV = "PRUNELIB_CROSS_KV_CACHE_GB"  # decoder cross-attention keys 
 
 
 class EncoderCache:
-    """Encoder hidden states per (encoder key, utterance id), bounded in bytes.
+    """Encoder hidden states per (encoder key, utterance name), bounded in bytes.
 
     Whisper's encoder always reads 30 s of padded audio and costs most of the compute of a
     short utterance; every evaluation whose encoder weights are the same (a prune that leaves
     the encoder untouched, or the same prune under another decoding pipeline) gets the same
     hidden states, so they are computed once. When the budget is full the least recently
-    used go first. The key is the caller's (see evaluate.encoder_key).
+    used go first. The key is the caller's (see evaluate.encoder_key), and so is the name
+    (transcribe.cache_name: id and audio fingerprint), which must mean one utterance's audio.
     """
 
     def __init__(self, max_bytes: int | None = None, evict: bool = True, budget_env: str = BUDGET_ENV) -> None:

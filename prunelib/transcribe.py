@@ -141,10 +141,20 @@ def _encoder_from_layer(encoder: torch.nn.Module, hidden: torch.Tensor, start: i
     return encoder.layer_norm(hidden)
 
 
+def cache_name(utt: Utterance) -> str:
+    """An utterance's name in the in-memory encoder caches: its id and its audio's fingerprint.
+
+    The id alone is not enough: two corpora (or an edited file) can hold other audio under the
+    same id, and its encoder states must not be served for it.
+    """
+    return f"{utt.id}:{utt.audio_fingerprint()}"
+
+
 def encoder_outputs(loaded: LoadedModel, ids: list[str], features: torch.Tensor,
                     reuse: EncoderReuse | None = None) -> torch.Tensor:
     """Encoder hidden states for a batch of utterances, reusing what `reuse` allows.
 
+    `ids` name the utterances in the cache (`cache_name`: the same name must mean the same audio).
     In order: the full outputs from the cache; else the cached states after the dense prefix,
     through the remaining layers only; else the whole encoder, storing both for next time. A
     batch is served from the cache only when every utterance in it is, so the rows are always
@@ -342,7 +352,7 @@ def transcribe(
                 sequences, languages, budgets = _decode_long(loaded, arrays, kwargs, device)
             else:
                 sequences, languages, budgets = _decode_short(
-                    loaded, [utt.id for utt, _ in batch], arrays, decoding, kwargs, device, encoder_reuse)
+                    loaded, [cache_name(utt) for utt, _ in batch], arrays, decoding, kwargs, device, encoder_reuse)
         elapsed = time.perf_counter() - started
         texts = processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         batch_records = []

@@ -298,6 +298,21 @@ def test_encoder_reuse_gives_identical_transcripts(tiny_en, librivox):
     ]
 
 
+def test_other_audio_under_the_same_id_gets_its_own_encoder_states(tiny_en, librivox, tmp_path):
+    # Two corpora with one id (sample_0001 in two audiofolders, say), decoded by one loaded model.
+    first, second = librivox.utterances[:2]
+    corpora = [Corpus(name, [Utterance(id="shared", reference=utt.reference, audio_array=utt.load_audio())],
+                      source="memory") for name, utt in (("a:test", first), ("b:test", second))]
+    tiny_en.encoder_cache.clear()
+    tiny_en.cross_cache.clear()
+    shared = [evaluate(tiny_en, corpus, Decoding(batch_size=1), cache_dir=tmp_path, progress=False, n_boot=10)
+              for corpus in corpora]
+    alone = evaluate(tiny_en, corpora[1], Decoding(batch_size=1), cache_dir=tmp_path / "alone", progress=False,
+                     n_boot=10, reuse_encoder=False)
+    assert shared[0].records[0]["hypothesis"] != shared[1].records[0]["hypothesis"]
+    assert shared[1].records[0]["hypothesis"] == alone.records[0]["hypothesis"]
+
+
 def test_pruned_encoder_outputs_are_shared_only_by_the_same_prune(tiny_en, librivox, tmp_path):
     corpus = librivox.subset([u.id for u in librivox.utterances[:3]])
     spec = "encoder.layers[-1:]=0.5"
