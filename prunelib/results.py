@@ -55,11 +55,21 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping]) -> P
 
 
 def append_jsonl(path: str | os.PathLike, record: Mapping) -> None:
-    """Append one record as a JSON line and fsync, so finished work survives a crash."""
+    """Append one record as a JSON line and fsync, so finished work survives a crash.
+
+    A last line that a crash cut short (no newline) is dropped first: appended to, it would
+    become a corrupt line in the middle, which `read_jsonl` refuses on every later resume.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8", newline="") as handle:
-        handle.write(_json_line(record))
+    with open(path, "a+b") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        if end:
+            handle.seek(end - 1)
+            if handle.read(1) != b"\n":
+                handle.seek(0)
+                handle.truncate(handle.read().rfind(b"\n") + 1)
+        handle.write(_json_line(record).encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -96,6 +96,19 @@ def test_append_then_read_and_truncated_tail(tmp_path):
     assert read_jsonl(path, drop_truncated_last_line=True) == RECORDS
 
 
+def test_appending_after_a_cut_line_drops_that_line(tmp_path):
+    # A resumed run appends after the crash's cut line; a second crash must still leave a readable file.
+    path = tmp_path / "partial.jsonl"
+    append_jsonl(path, RECORDS[0])
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"id": "cut", "refer')
+    append_jsonl(path, RECORDS[1])
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"id": "cut again')
+    assert read_jsonl(path, drop_truncated_last_line=True) == RECORDS[:2]
+    assert "cut" not in path.read_text(encoding="utf-8").splitlines()[1]
+
+
 def test_drop_truncated_tail_still_rejects_corruption_in_the_middle(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text('{"id": "u1"}\n{broken\n{"id": "u3"}', encoding="utf-8")
