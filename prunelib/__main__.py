@@ -24,7 +24,7 @@ def _eval(args: argparse.Namespace) -> dict:
 
     decoding = Decoding(language=args.language, batch_size=args.batch_size, num_beams=args.num_beams,
                         long_form=not args.truncate,
-                        max_tokens_per_second=args.max_tokens_per_second if args.max_tokens_per_second > 0 else None)
+                        max_tokens_per_second=args.max_tokens_per_second if args.max_tokens_per_second != 0 else None)
     corpus = load_corpus(args.dataset, data_root=args.data_root, limit=args.limit)
     # Under torchrun / accelerate launch each rank takes its own GPU (cuda:LOCAL_RANK), else the CPU.
     loaded = load_model(args.model, device=distributed.rank_device(args.device))
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-beams", type=_positive_int, default=1, help="1 = greedy, as the paper")
     ev.add_argument("--truncate", action="store_true", help="cut audio at 30 s as the paper's code did")
     ev.add_argument("--max-tokens-per-second", type=float, default=10.0,
-                    help="stop decoding a batch at this many tokens per audio second (0: no limit but 448)")
+                    help="stop each utterance at this many tokens per second of its audio (0: no limit but 448)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--cache-dir", default=None, help="per-utterance results cache (default: results/cache)")
     ev.set_defaults(run=_eval)

@@ -18,7 +18,7 @@ from prunelib.encoder_cache import EncoderReuse
 from prunelib.models import LoadedModel
 from prunelib.paths import results_root
 from prunelib.pruning import parse_prune_spec, pruned, resolve
-from prunelib.transcribe import Decoding, transcribe
+from prunelib.transcribe import Decoding, check_language, transcribe
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,11 @@ def _decoder_identity(loaded: LoadedModel) -> dict:
     }
 
 
+# Bump when prunelib's own decoding (transcribe: token budgets, prompts, long-form handling, the
+# attention path) would write other transcripts for the same settings: old records are then not reused.
+CACHE_VERSION = 1
+
+
 def evaluation_key(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, prune: str, importance: str) -> str:
     """The cache file's key: which utterances, and every setting that can change a transcript.
 
@@ -125,6 +130,7 @@ def evaluation_key(loaded: LoadedModel, corpus: Corpus, decoding: Decoding, prun
         # English-only checkpoints have no language tokens: every pipeline decodes the same.
         decoding_key["language"] = "english-only"
     return results.cache_key(
+        version=CACHE_VERSION,
         model=loaded.name,
         weights=loaded.fingerprint,
         decoder=_decoder_identity(loaded),
@@ -227,6 +233,7 @@ def evaluate(
     name them too.
     """
     spec = parse_prune_spec(prune)
+    check_language(loaded, decoding.language)  # here too: a cached file would otherwise answer for any language
     if (importance is not None or weights is not None) and importance_name == "magnitude":
         raise ValueError("name the importance scores and weights (importance_name) so cached results stay distinct")
     importance_label = importance_name if importance is not None or weights is not None else "magnitude"

@@ -172,9 +172,12 @@ def test_a_cut_cache_file_is_completed_not_scored_as_it_is(tiny_en, librivox, tm
     mended = evaluate(tiny_en, librivox, cache_dir=tmp_path, progress=False, n_boot=20)
     assert calls[-1] == [librivox.utterances[-1].id] and mended.summary["wer"] == full.summary["wer"]
     assert [r["id"] for r in read_jsonl(mended.path)] == [u.id for u in librivox.utterances]
+    # An English-only model shares one cache file across pipelines; a language it cannot decode is still refused.
+    with pytest.raises(ValueError, match="English-only"):
+        evaluate(tiny_en, librivox, Decoding(language="de"), cache_dir=tmp_path, progress=False, n_boot=20)
 
 
-def test_every_setting_that_changes_a_transcript_is_in_the_key(tiny_en, librivox):
+def test_every_setting_that_changes_a_transcript_is_in_the_key(tiny_en, librivox, monkeypatch):
     import copy
 
     key = evaluate_module.evaluation_key
@@ -195,6 +198,9 @@ def test_every_setting_that_changes_a_transcript_is_in_the_key(tiny_en, librivox
     assert key(extended, librivox, Decoding(), "dense", "magnitude") == base
     extended.processor.tokenizer.add_tokens(["prunelibtesttoken"])
     assert key(extended, librivox, Decoding(), "dense", "magnitude") != base
+    # prunelib's own decoding code is named by its version.
+    monkeypatch.setattr(evaluate_module, "CACHE_VERSION", evaluate_module.CACHE_VERSION + 1)
+    assert key(tiny_en, librivox, Decoding(), "dense", "magnitude") != base
 
 
 def test_collapsed_prune_transcripts_do_not_depend_on_the_batch(tiny_en, shared_data):
@@ -257,6 +263,8 @@ def test_cli_eval_prints_json_last(shared_data, tmp_path, tiny_en):
      "reaches past the 4 encoder layers"),
     (["--model", "/no/such/model", "--dataset", "fsdd:test"], "cannot load model"),
     (["--model", "openai/whisper-tiny.en", "--dataset", "fsdd:test", "--prune", "decoder.self_attn=1.5"], "sparsity"),
+    (["--model", "openai/whisper-tiny.en", "--dataset", "fsdd:test", "--max-tokens-per-second", "-1"],
+     "max_tokens_per_second must be positive"),
 ])
 def test_cli_bad_input_exits_nonzero(shared_data, args, message, capsys, monkeypatch):
     # In-process: each subprocess would spend about 10 s importing torch and transformers.
