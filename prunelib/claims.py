@@ -28,7 +28,8 @@ RULES = {
         "replicated when the paired interval lies below 0; not replicated when it lies above 0 or "
         "excludes the paper's relative gain; else inconclusive at this n"
     ),
-    "collapses": "replicated when WER at least doubles and the paired interval lies above 0",
+    "collapses": ("replicated when WER at least doubles and the paired interval lies above 0; "
+                  "not replicated when the interval rules out a doubling"),
     "near": (f"replicated when the paired interval's upper end is below +{NEAR:g} point; "
              "not when its lower end is above"),
     "persists": "replicated when every other corpus shows a gain (interval below 0); not when any shows a loss",
@@ -113,7 +114,7 @@ def judge_collapse(row: pd.Series, dense_wer: float) -> str:
     """Verdict for "this allocation collapses"."""
     if row["wer"] >= 2 * dense_wer and row["delta_lo"] > 0:
         return "replicated"
-    if row["delta_hi"] < NEAR:
+    if row["delta_hi"] < dense_wer:  # even the interval's upper end stays below twice the dense WER
         return "not replicated"
     return "inconclusive at this n"
 

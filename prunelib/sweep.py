@@ -154,13 +154,15 @@ def run_ablations(loaded: LoadedModel, corpus: Corpus, groups: Mapping[str, str]
 
     Each pipeline's table is rewritten under its handoff name as rows finish.
     """
+    unswept = [label for label in headline if label not in groups]
+    if unswept:  # a dropped label would silently drop its claim from notebook 06's table
+        raise ValueError(f"headline components {unswept} are not among the swept components {list(groups)}")
     tables = []
     for index, language in enumerate(languages):
         if index == 0:
             grid = ablation_specs(groups, sparsities)
         else:
-            wanted = {label: groups[label] for label in headline if label in groups}
-            grid = ablation_specs(wanted, headline_sparsities or sparsities)
+            grid = ablation_specs({label: groups[label] for label in headline}, headline_sparsities or sparsities)
         decoding = Decoding(language=language, batch_size=batch_size)
         tables.append(
             run_sweep(

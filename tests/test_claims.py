@@ -28,6 +28,9 @@ def test_worse_collapse_near():
     assert claims.judge_worse(_row(10, -1.0, 1.0)) == "inconclusive at this n"
     assert claims.judge_collapse(_row(61.0, 40.0, 60.0), dense_wer=11.6) == "replicated"
     assert claims.judge_collapse(_row(12.0, -0.5, 0.8), dense_wer=11.6) == "not replicated"
+    # A clear loss that the interval keeps below a doubling is no collapse; one that may double is open.
+    assert claims.judge_collapse(_row(15.0, 4.5, 5.5), dense_wer=10.0) == "not replicated"
+    assert claims.judge_collapse(_row(15.0, 1.0, 12.0), dense_wer=10.0) == "inconclusive at this n"
     assert claims.judge_near(_row(11.8, -0.4, 0.7)) == "replicated"
     assert claims.judge_near(_row(14.0, 1.5, 4.0)) == "not replicated"
     assert claims.judge_near(_row(12.5, -0.2, 2.0)) == "inconclusive at this n"
@@ -128,6 +131,14 @@ def test_crossings_skip_dense_and_the_paper_table_and_name_both_levels():
 @pytest.mark.parametrize("lo, hi, side", [(-2, -0.1, "lower WER"), (0.1, 2, "higher WER"), (-1, 1, "no detectable")])
 def test_interval_side(lo, hi, side):
     assert claims.interval_side(_row(10, lo, hi)).startswith(side)
+
+
+def test_headline_components_must_be_swept():
+    from prunelib import sweep
+
+    with pytest.raises(ValueError, match=r"headline components \['decoder FFN'\] are not among the swept"):
+        sweep.run_ablations(None, None, {"decoder self-attn": "decoder.self_attn"}, [0.5], ["en", "auto"],
+                            ["decoder self-attn", "decoder FFN"], None, summaries=None)
 
 
 def test_notebook_04_reading_and_the_verdict_table_use_one_collapse_rule():
