@@ -284,7 +284,8 @@ def evaluate(
         "n_long_form": sum(bool(r.get("long_form")) for r in records),
         "n_truncated": sum(bool(r.get("truncated")) for r in records),
         "n_hit_token_budget": sum(bool(r.get("hit_token_budget")) for r in records),
-        "n_empty_reference": corpus.n_empty_reference,
+        # The scorer's n_empty_reference counts kept references that normalise to nothing; these never got in.
+        "n_dropped_empty_reference": corpus.n_empty_reference,
         "n_decoded": n_decoded,
         "n_cache_ignored": n_ignored,
         "from_cache": from_cache,

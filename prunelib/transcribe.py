@@ -235,7 +235,9 @@ class PerRowTokenBudget(StoppingCriteria):
         if self.prompt_length is None:
             self.prompt_length = input_ids.shape[1] - 1
         produced = input_ids.shape[1] - self.prompt_length
-        return (produced >= self.budgets).to(input_ids.device)
+        # Beam search asks about every beam of every utterance: rows come utterance by utterance.
+        budgets = self.budgets.repeat_interleave(input_ids.shape[0] // len(self.budgets))
+        return (produced >= budgets).to(input_ids.device)
 
 
 def _content_tokens(sequence: torch.Tensor, pad_id: int | None) -> int:
@@ -258,7 +260,7 @@ def _languages(loaded: LoadedModel, kwargs: dict, count: int, **inputs) -> list[
 def _decode_short(loaded: LoadedModel, ids: list[str], arrays: list[np.ndarray], decoding: Decoding, kwargs: dict,
                   device: torch.device, encoder_reuse: EncoderReuse | None
                   ) -> tuple[torch.Tensor, list, int | None]:
-    """Greedy-decode up to 30 s per utterance; the encoder runs once (or not at all, when cached)."""
+    """Decode up to 30 s per utterance (greedy, or beam search); the encoder runs once (or not at all, when cached)."""
     features = loaded.processor.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt")
     features = features.input_features.to(device, dtype=loaded.model.dtype)
     # The decoder's weight reads are shared by every row of its batch; the encoder gains nothing past
@@ -270,7 +272,8 @@ def _decode_short(loaded: LoadedModel, ids: list[str], arrays: list[np.ndarray],
     languages = _languages(loaded, kwargs, len(arrays), encoder_outputs=encoded)
     budgets = [decoding.token_budget(len(audio) / SAMPLE_RATE) for audio in arrays]
     extra = {}
-    cross = cross_attention_cache(loaded, ids, hidden, encoder_reuse)
+    # Beam search decodes several rows per utterance, which a cache built per utterance does not have.
+    cross = cross_attention_cache(loaded, ids, hidden, encoder_reuse) if decoding.num_beams == 1 else None
     if cross is not None:
         extra["past_key_values"] = cross
     if budgets[0] is not None:

@@ -50,6 +50,25 @@ def test_transcribes_real_speech(tiny_en, librivox):
     assert [t.strip() for t in texts] == [r["hypothesis"] for r in records]
 
 
+def test_beam_search_decodes_as_generate_does_with_and_without_encoder_reuse(tiny_en, librivox):
+    from prunelib.evaluate import encoder_reuse
+    from prunelib.transcribe import generate_kwargs
+
+    utterances, beams = librivox.utterances[:2], Decoding(batch_size=2, num_beams=2)
+    tiny_en.encoder_cache.clear()
+    tiny_en.cross_cache.clear()
+    reused = transcribe(tiny_en, utterances, beams, progress=False,
+                        encoder_reuse=encoder_reuse(tiny_en, "dense", "magnitude"))
+    alone = transcribe(tiny_en, utterances, beams, progress=False)
+    features = tiny_en.processor.feature_extractor([u.load_audio() for u in utterances], sampling_rate=16_000,
+                                                   return_tensors="pt").input_features
+    with torch.inference_mode():
+        plain = tiny_en.model.generate(features, **generate_kwargs(tiny_en, beams))
+    texts = [t.strip() for t in tiny_en.processor.tokenizer.batch_decode(plain, skip_special_tokens=True)]
+    assert [r["hypothesis"] for r in reused] == [r["hypothesis"] for r in alone] == texts
+    assert not any(r["hit_token_budget"] for r in reused)
+
+
 def test_long_form_keeps_the_tail_that_truncation_drops(tiny_en, librivox):
     clips = [u.load_audio() for u in librivox.utterances]
     pause = np.zeros(8_000, dtype=np.float32)
@@ -110,6 +129,23 @@ def _counting_transcribe(monkeypatch) -> list[list[str]]:
 
     monkeypatch.setattr(evaluate_module, "transcribe", counting)
     return calls
+
+
+def test_the_summary_counts_dropped_and_unscorable_empty_references_apart(tiny_en, tmp_path, monkeypatch):
+    def echo(loaded, utterances, *args, on_batch=None, **kwargs):  # a perfect decoder, without decoding
+        records = [{"id": u.id, "reference": u.reference, "hypothesis": u.reference, "speaker": None,
+                    "seconds": 1.0, "decode_seconds": 0.1} for u in utterances]
+        if on_batch is not None:
+            on_batch(records)
+        return records
+
+    monkeypatch.setattr(evaluate_module, "transcribe", echo)
+    silence = np.zeros(16_000, dtype=np.float32)
+    corpus = Corpus("toy:test", [Utterance(id="a", reference="hello world", audio_array=silence),
+                                 Utterance(id="b", reference="[inaudible]", audio_array=silence + 0.1)],
+                    source="memory", n_empty_reference=2)
+    summary = evaluate(tiny_en, corpus, cache_dir=tmp_path, progress=False, n_boot=10).summary
+    assert (summary["n"], summary["n_empty_reference"], summary["n_dropped_empty_reference"]) == (1, 1, 2)
 
 
 @pytest.fixture
