@@ -93,10 +93,15 @@ def calibrate(loaded: LoadedModel, corpus: Corpus, labels: str = "reference", se
 def cached_calibrate(loaded: LoadedModel, corpus: Corpus, labels: str = "reference", seed: int = 0,
                      sizes: list[int] | None = None, n: int | None = None, batch_size: int = 16,
                      cache_dir: Path | None = None, progress: bool = True) -> pd.DataFrame:
-    """calibrate()'s table, read from `cache_dir` (<key>.csv) when an identical run was done before."""
-    key = results.cache_key(kind="sensitivity", version=1, model=loaded.name, weights=loaded.fingerprint,
-                            corpus=corpus.name, utterances=results.cache_key(ids=[u.id for u in corpus.utterances]),
-                            labels=labels, seed=seed, sizes=sorted(sizes or []), n=n)
+    """calibrate()'s table, read from `cache_dir` (<key>.csv) when an identical run was done before.
+
+    The key names each utterance by id, audio fingerprint and reference, so an edited file or
+    transcript is scored again; and the batch size, which moves the summed gradients by float noise.
+    """
+    utterances = [(u.id, u.audio_fingerprint(), u.reference) for u in corpus.utterances]
+    key = results.cache_key(kind="sensitivity", version=2, model=loaded.name, weights=loaded.fingerprint,
+                            corpus=corpus.name, utterances=results.cache_key(utterances=utterances),
+                            labels=labels, seed=seed, sizes=sorted(sizes or []), n=n, batch_size=batch_size)
     path = Path(cache_dir) / f"{key}.csv" if cache_dir is not None else None
     if path is not None and path.exists():
         table = pd.read_csv(path)

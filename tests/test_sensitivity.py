@@ -1,6 +1,8 @@
 """Sensitivity scores: per-sample Fisher and mean gradient against brute force, on a tiny Whisper."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -262,3 +264,8 @@ def test_cached_calibrate_reads_a_finished_run(tiny_en, shared_data, tmp_path, m
     monkeypatch.setattr(sens, "calibrate", fail)
     again = sens.cached_calibrate(loaded, corpus, "reference", seed=0, sizes=[1], cache_dir=tmp_path, progress=False)
     pd.testing.assert_frame_equal(again, first, check_dtype=False, rtol=1e-12)
+    # An edited transcript under the same id is another run: calibrated again, not read back.
+    first_edited = dataclasses.replace(corpus.utterances[0], reference="Other words.")
+    edited = dataclasses.replace(corpus, utterances=[first_edited, *corpus.utterances[1:]])
+    with pytest.raises(AssertionError, match="recomputed"):
+        sens.cached_calibrate(loaded, edited, "reference", seed=0, sizes=[1], cache_dir=tmp_path, progress=False)
