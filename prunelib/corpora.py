@@ -56,7 +56,7 @@ class Utterance:
     start: float | None = None  # seconds into `path`, for segment corpora (TED-LIUM .stm)
     end: float | None = None
     audio_bytes: bytes | None = field(default=None, repr=False)  # encoded audio from the hub
-    audio_array: np.ndarray | None = field(default=None, repr=False, compare=False)
+    audio_array: np.ndarray | None = field(default=None, repr=False, compare=False)  # 16 kHz mono samples
 
     def audio_fingerprint(self) -> str:
         """A short hash of what this utterance's audio is made from: file bytes (and segment bounds) or memory.
@@ -78,7 +78,11 @@ class Utterance:
     def load_audio(self) -> np.ndarray:
         """The utterance's audio as 16 kHz mono float32 (raises AudioError when unusable)."""
         if self.audio_array is not None:
-            return self.audio_array
+            array = np.asarray(self.audio_array)
+            if array.ndim != 1 or not array.size or not np.issubdtype(array.dtype, np.floating):
+                raise AudioError(f"utterance {self.id}: audio_array must be non-empty 16 kHz mono float samples "
+                                 f"(1-D), got {array.dtype} of shape {array.shape}; resample and mix down first")
+            return array.astype(np.float32, copy=False)
         if self.audio_bytes is not None:
             return _decode_bytes(self.audio_bytes, self.id)
         if self.path is None:

@@ -9,7 +9,7 @@ import pytest
 import soundfile
 
 from prunelib.audio import AudioError, read_audio
-from prunelib.corpora import CorpusError, find_local, load_corpus, parse_corpus_name
+from prunelib.corpora import CorpusError, Utterance, find_local, load_corpus, parse_corpus_name
 
 
 def _write_tone(path: Path, seconds: float, sample_rate: int, channels: int = 1) -> None:
@@ -189,6 +189,17 @@ def test_a_wav_shorter_than_its_header_says_is_refused(tmp_path):
     assert read_audio(tmp_path / "full.wav").size == 32_000
     with pytest.raises(AudioError, match=r"truncated: its header declares 2.00 s, the file holds 1.00 s.*cut.wav"):
         read_audio(tmp_path / "cut.wav")
+
+
+@pytest.mark.parametrize("array, problem", [
+    (np.zeros((16_000, 2), dtype=np.float32), r"float32 of shape \(16000, 2\)"),  # stereo
+    (np.zeros(0, dtype=np.float32), r"shape \(0,\)"),
+    (np.zeros(16_000, dtype=np.int16), "int16"),  # PCM integers, not samples in [-1, 1]
+])
+def test_in_memory_audio_must_be_mono_float_samples(array, problem):
+    with pytest.raises(AudioError, match=rf"utterance m: audio_array must be .*{problem}"):
+        Utterance(id="m", reference="x", audio_array=array).load_audio()
+    assert Utterance(id="m", reference="x", audio_array=np.zeros(8, dtype=np.float64)).load_audio().dtype == np.float32
 
 
 def test_audio_fingerprint_follows_the_content(tmp_path):
