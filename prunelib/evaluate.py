@@ -155,11 +155,15 @@ def _stored_records(*paths: Path) -> dict[str, dict]:
 
 
 def _reusable(stored: dict[str, dict], corpus: Corpus, fingerprints: dict[str, str]) -> dict[str, dict]:
-    """The stored records still true of the corpus: same audio fingerprint and same reference."""
+    """The stored records still true of the corpus: same audio fingerprint and same reference.
+
+    An utterance whose audio could not be read is tried again (a failed read costs nothing, and
+    the failure may have been passing), never served as a cached skip.
+    """
     fresh = {}
     for utt in corpus.utterances:
         record = stored.get(utt.id)
-        if record is not None and record.get("audio_fingerprint") == fingerprints[utt.id] \
+        if record is not None and not record.get("error") and record.get("audio_fingerprint") == fingerprints[utt.id] \
                 and record.get("reference") == utt.reference:
             # Speakers only group utterances for the interval: take today's labels.
             fresh[utt.id] = {**record, "speaker": utt.speaker}
